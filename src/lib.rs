@@ -1,0 +1,7 @@
+//! pipegate: a lean edge API gateway whose plugins run out of process.
+//!
+//! A request's life: the [`server`] event loop accepts and reads it, [`http`] parses and validates
+//! the head, [`config`] routes it to an API definition, the [`middleware`] chain runs the API's plugin
+//! hooks through [`coprocess`], and [`proxy`] forwards it to the upstream and streams the answer back.
+
+pub mod http;
