@@ -2,6 +2,11 @@
 //!
 //! A request's life: the [`server`] event loop accepts and reads it, [`http`] parses and validates
 //! the head, [`config`] routes it to an API definition, the [`middleware`] chain runs the API's plugin
-//! hooks through [`coprocess`], and [`proxy`] forwards it to the upstream and streams the answer back.
+//! hooks through `coprocess`, and [`proxy`] forwards it to the upstream and streams the answer back.
 
+pub mod config;
+pub mod demo;
 pub mod http;
+pub mod middleware;
+pub mod proxy;
+pub mod server;

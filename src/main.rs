@@ -1,1 +1,198 @@
-fn main(){}
+//! The `pipegate` command line.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use pipegate::config;
+
+/// A lean edge API gateway that runs Tyk-compatible plugins out of process.
+#[derive(Parser)]
+#[command(name = "pipegate", version, about, long_about = None)]
+struct Cli {
+    /// Path to the gateway configuration (Tyk's tyk.conf format). Runs the gateway.
+    #[arg(long, global = true)]
+    conf: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Validate tyk.conf and every API definition; print each problem with file, field and reason.
+    Check,
+    /// Start a self-contained demo on localhost (gateway + demo upstream) and print curl lines.
+    Demo {
+        /// Port for the demo gateway.
+        #[arg(long, default_value_t = 8080)]
+        port: u16,
+    },
+    /// Run the demo echo upstream (used by the demo and the integration tests).
+    #[command(hide = true)]
+    EchoUpstream {
+        /// Address to listen on, e.g. 127.0.0.1:0 (the bound address is printed on stdout).
+        #[arg(long, default_value = "127.0.0.1:0")]
+        listen: String,
+    },
+}
+
+fn init_logging(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        let _ = builder.json().try_init();
+    } else {
+        let _ = builder.try_init();
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Some(Command::Check) => {
+            let Some(conf) = cli.conf else {
+                eprintln!("pipegate check: missing --conf PATH (the tyk.conf to validate)");
+                return ExitCode::from(2);
+            };
+            check(&conf)
+        }
+        Some(Command::Demo { port }) => {
+            init_logging(false);
+            match demo(port) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("pipegate demo: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Some(Command::EchoUpstream { listen }) => {
+            init_logging(false);
+            let l = match TcpListener::bind(&listen) {
+                Ok(l) => l,
+                Err(e) => {
+                    eprintln!("echo-upstream: cannot listen on {listen}: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match l.local_addr() {
+                Ok(a) => println!("listening on {a}"),
+                Err(e) => {
+                    eprintln!("echo-upstream: {e}");
+                    return ExitCode::FAILURE;
+                }
+            }
+            pipegate::demo::serve_echo(l);
+            ExitCode::SUCCESS
+        }
+        None => {
+            let Some(conf) = cli.conf else {
+                eprintln!(
+                    "pipegate: nothing to do. Run the gateway with `pipegate --conf tyk.conf`, \
+                     validate a config with `pipegate check --conf tyk.conf`, or try `pipegate demo`."
+                );
+                return ExitCode::from(2);
+            };
+            run(&conf)
+        }
+    }
+}
+
+fn run(conf: &Path) -> ExitCode {
+    let json = config::load_gateway(conf)
+        .map(|g| g.log_format == config::LogFormat::Json)
+        .unwrap_or(false);
+    init_logging(json);
+    match pipegate::server::run(conf.to_path_buf()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("pipegate: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn check(conf: &Path) -> ExitCode {
+    match config::load_snapshot(conf) {
+        Ok(snap) => {
+            println!(
+                "{}: OK ({} API definition{} from {})",
+                conf.display(),
+                snap.apis.len(),
+                if snap.apis.len() == 1 { "" } else { "s" },
+                snap.gateway.app_path.display()
+            );
+            for api in &snap.apis {
+                println!(
+                    "  {} {:?} {} -> {}",
+                    api.api_id, api.name, api.listen_path, api.target.url
+                );
+            }
+            ExitCode::SUCCESS
+        }
+        Err(errs) => {
+            for e in &errs {
+                eprintln!("{e}");
+            }
+            eprintln!(
+                "{} problem{} found; fix them and run `pipegate check --conf {}` again",
+                errs.len(),
+                if errs.len() == 1 { "" } else { "s" },
+                conf.display()
+            );
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn demo(port: u16) -> Result<(), String> {
+    let upstream = TcpListener::bind("127.0.0.1:0").map_err(|e| format!("demo upstream: {e}"))?;
+    let up_addr = upstream.local_addr().map_err(|e| e.to_string())?;
+    std::thread::spawn(move || pipegate::demo::serve_echo(upstream));
+
+    let dir = std::env::temp_dir().join(format!("pipegate-demo-{}", std::process::id()));
+    let apps = dir.join("apps");
+    std::fs::create_dir_all(&apps).map_err(|e| format!("{}: {e}", apps.display()))?;
+    let conf = dir.join("tyk.conf");
+    let tyk_conf = serde_json::json!({
+        "listen_address": "127.0.0.1",
+        "listen_port": port,
+        "secret": "demo-secret",
+        "app_path": "apps/",
+        "middleware_path": "middleware",
+    });
+    std::fs::write(&conf, serde_json::to_vec_pretty(&tyk_conf).unwrap_or_default())
+        .map_err(|e| format!("{}: {e}", conf.display()))?;
+    let api = serde_json::json!({
+        "name": "Demo echo API",
+        "api_id": "demo",
+        "org_id": "default",
+        "active": true,
+        "use_keyless": true,
+        "proxy": {
+            "listen_path": "/demo/",
+            "target_url": format!("http://{up_addr}/"),
+            "strip_listen_path": true
+        }
+    });
+    std::fs::write(
+        apps.join("demo.json"),
+        serde_json::to_vec_pretty(&api).unwrap_or_default(),
+    )
+    .map_err(|e| format!("{}: {e}", apps.display()))?;
+
+    println!("pipegate demo: gateway on http://127.0.0.1:{port}, demo upstream on http://{up_addr}");
+    println!("configuration written to {}", dir.display());
+    println!("try:");
+    println!("  curl -s http://127.0.0.1:{port}/hello");
+    println!("  curl -s http://127.0.0.1:{port}/demo/anything?x=1");
+    println!("  curl -s -X POST --data 'hello pipegate' http://127.0.0.1:{port}/demo/post");
+    println!("  curl -s -i http://127.0.0.1:{port}/nope   # 404 from the router");
+    println!("press Ctrl-C to stop");
+    pipegate::server::run(conf)
+}

@@ -1,0 +1,221 @@
+//! The server: listeners, worker threads, signals, reload and graceful shutdown.
+//!
+//! Each worker owns a mio event loop and its own listening socket bound with SO_REUSEPORT, so the
+//! kernel spreads connections over workers and nothing on the request path is shared but the
+//! read-only configuration snapshot (an `ArcSwap`, swapped whole on reload).
+
+mod conn;
+mod worker;
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread;
+
+use arc_swap::ArcSwap;
+use mio::Waker;
+use parking_lot::Mutex;
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+use signal_hook::iterator::Signals;
+
+use crate::config::{self, Snapshot};
+
+/// State shared by all workers.
+pub struct Shared {
+    /// The configuration in force; requests pick it up when they start.
+    pub snapshot: ArcSwap<Snapshot>,
+    /// Set once on SIGTERM/SIGINT: stop accepting, finish in-flight requests, exit.
+    pub shutdown: AtomicBool,
+    /// The tyk.conf path, for reloads.
+    pub conf_path: PathBuf,
+    /// Workers' wakers, to make them notice shutdown at once.
+    pub wakers: Mutex<Vec<Arc<Waker>>>,
+}
+
+impl Shared {
+    /// True once shutdown has begun.
+    #[inline]
+    pub fn closing(&self) -> bool {
+        self.shutdown.load(Ordering::Relaxed)
+    }
+
+    /// Re-reads tyk.conf and the API definitions and swaps them in. On error the running
+    /// configuration stays and every problem is logged.
+    pub fn reload(&self) -> Result<usize, String> {
+        match config::load_snapshot(&self.conf_path) {
+            Ok(snap) => {
+                let n = snap.apis.len();
+                self.snapshot.store(Arc::new(snap));
+                tracing::info!(apis = n, "configuration reloaded");
+                Ok(n)
+            }
+            Err(errs) => {
+                let msg = errs
+                    .iter()
+                    .map(|e| e.to_string())
+                    .collect::<Vec<_>>()
+                    .join("; ");
+                tracing::error!("reload failed, keeping the running configuration: {msg}");
+                Err(msg)
+            }
+        }
+    }
+
+    fn wake_all(&self) {
+        for w in self.wakers.lock().iter() {
+            let _ = w.wake();
+        }
+    }
+}
+
+/// The body of `GET /hello`, Tyk's health check.
+pub fn health_body(_shared: &Shared) -> String {
+    serde_json::json!({
+        "status": "pass",
+        "version": env!("CARGO_PKG_VERSION"),
+        "description": "pipegate",
+        "details": {}
+    })
+    .to_string()
+}
+
+/// Binds one listening socket with SO_REUSEPORT so that every worker can have its own.
+fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let domain = socket2::Domain::for_address(addr);
+    let s = socket2::Socket::new(domain, socket2::Type::STREAM, Some(socket2::Protocol::TCP))?;
+    s.set_reuse_address(true)?;
+    s.set_reuse_port(true)?;
+    s.set_nonblocking(true)?;
+    s.bind(&addr.into())?;
+    s.listen(1024)?;
+    Ok(s.into())
+}
+
+/// A running gateway, as returned by [`start`].
+pub struct Running {
+    /// The address actually bound (useful with port 0).
+    pub addr: SocketAddr,
+    shared: Arc<Shared>,
+    workers: Vec<thread::JoinHandle<()>>,
+}
+
+impl Running {
+    /// Begins graceful shutdown.
+    pub fn shutdown(&self) {
+        self.shared.shutdown.store(true, Ordering::Release);
+        self.shared.wake_all();
+    }
+
+    /// Shared state (for reloads from the admin API and signals).
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
+    /// Waits for every worker to finish.
+    pub fn join(self) {
+        for w in self.workers {
+            let _ = w.join();
+        }
+    }
+}
+
+/// Loads the configuration at `conf_path` and starts the workers.
+pub fn start(conf_path: PathBuf, snapshot: Snapshot) -> Result<Running, String> {
+    let gw = Arc::clone(&snapshot.gateway);
+    let host = if gw.listen_address.is_empty() {
+        "0.0.0.0"
+    } else {
+        gw.listen_address.as_str()
+    };
+    let addr: SocketAddr = format!("{host}:{}", gw.listen_port)
+        .parse()
+        .or_else(|_| {
+            use std::net::ToSocketAddrs;
+            (host, gw.listen_port)
+                .to_socket_addrs()
+                .ok()
+                .and_then(|mut a| a.next())
+                .ok_or(())
+        })
+        .map_err(|_| {
+            format!(
+                "{}: listen_address: cannot resolve {host:?}",
+                conf_path.display()
+            )
+        })?;
+    let first = bind(addr).map_err(|e| {
+        format!(
+            "cannot listen on {addr}: {e} (is another process using listen_port {}?)",
+            gw.listen_port
+        )
+    })?;
+    let bound = first.local_addr().map_err(|e| e.to_string())?;
+    let shared = Arc::new(Shared {
+        snapshot: ArcSwap::from_pointee(snapshot),
+        shutdown: AtomicBool::new(false),
+        conf_path,
+        wakers: Mutex::new(Vec::new()),
+    });
+    let mut listeners = vec![first];
+    for _ in 1..gw.workers {
+        listeners.push(bind(bound).map_err(|e| format!("cannot listen on {bound}: {e}"))?);
+    }
+    let mut workers = Vec::new();
+    for (i, l) in listeners.into_iter().enumerate() {
+        let (w, waker) = worker::Worker::new(i, l, Arc::clone(&shared))
+            .map_err(|e| format!("cannot start worker {i}: {e}"))?;
+        shared.wakers.lock().push(waker);
+        workers.push(
+            thread::Builder::new()
+                .name(format!("pipegate-worker-{i}"))
+                .spawn(move || w.run())
+                .map_err(|e| format!("cannot spawn worker thread: {e}"))?,
+        );
+    }
+    tracing::info!(
+        "pipegate listening on {bound} with {} workers",
+        workers.len()
+    );
+    Ok(Running {
+        addr: bound,
+        shared,
+        workers,
+    })
+}
+
+/// Runs the gateway until SIGTERM/SIGINT, reloading on SIGHUP. Returns once every in-flight
+/// request has finished or the grace period ran out.
+pub fn run(conf_path: PathBuf) -> Result<(), String> {
+    let snapshot = config::load_snapshot(&conf_path).map_err(|errs| {
+        errs.iter()
+            .map(|e| e.to_string())
+            .collect::<Vec<_>>()
+            .join("\n")
+    })?;
+    let mut signals = Signals::new([SIGHUP, SIGINT, SIGTERM])
+        .map_err(|e| format!("cannot install signal handlers: {e}"))?;
+    let running = start(conf_path, snapshot)?;
+    let shared = Arc::clone(running.shared());
+    let handle = signals.handle();
+    let sig_thread = thread::spawn(move || {
+        for sig in signals.forever() {
+            match sig {
+                SIGHUP => {
+                    let _ = shared.reload();
+                }
+                _ => {
+                    tracing::info!("shutting down: finishing in-flight requests");
+                    shared.shutdown.store(true, Ordering::Release);
+                    shared.wake_all();
+                    break;
+                }
+            }
+        }
+    });
+    running.join();
+    handle.close();
+    let _ = sig_thread.join();
+    tracing::info!("pipegate stopped");
+    Ok(())
+}

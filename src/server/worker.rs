@@ -1,0 +1,1199 @@
+//! One worker: a mio event loop owning its listener, its client connections, its upstream
+//! connections and pool.
+//!
+//! A connection is advanced by [`Worker::drive`], which runs small steps (read the client, parse,
+//! pump the request body, write upstream, read upstream, pump the response, write the client,
+//! finish) until none makes progress. Sockets are edge-triggered: a step that stops early (buffer
+//! full) keeps the readiness flag and resumes when the buffer drains, without waiting for a new edge.
+
+use std::io::{self, ErrorKind, Read, Write};
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use mio::net::TcpListener;
+use mio::{Events, Interest, Poll, Token, Waker};
+use slab::Slab;
+
+use super::conn::{Conn, Deadline, St, MAX_PENDING_CLIENT, MAX_PENDING_UPSTREAM};
+use super::Shared;
+use crate::config::{GatewayConfig, Snapshot};
+use crate::http::{self, response, BodyKind, ChunkedDecoder};
+use crate::proxy::{self, Outbound, Pool, Upstream};
+
+const LISTENER: Token = Token(usize::MAX - 1);
+const WAKER: Token = Token(usize::MAX - 2);
+/// How often deadlines are checked.
+const TICK: Duration = Duration::from_millis(100);
+/// Pooled upstream connections idle longer than this are closed.
+const POOL_IDLE: Duration = Duration::from_secs(90);
+
+/// Message used for any upstream failure before a response (Tyk's wording).
+const UPSTREAM_ERROR: &str = "There was a problem proxying the request";
+/// Message used for upstream timeouts (Tyk's wording).
+const UPSTREAM_TIMEOUT: &str = "Upstream service reached hard timeout.";
+
+#[inline]
+fn client_token(i: usize) -> Token {
+    Token(i << 1)
+}
+#[inline]
+fn upstream_token(i: usize) -> Token {
+    Token((i << 1) | 1)
+}
+
+/// Why a connection must be closed abruptly.
+struct Abort;
+
+/// A worker thread's state.
+pub struct Worker {
+    id: usize,
+    poll: Poll,
+    listener: Option<TcpListener>,
+    conns: Slab<Conn>,
+    ups: Slab<Upstream>,
+    pool: Pool,
+    shared: Arc<Shared>,
+    snapshot: Arc<Snapshot>,
+    now: Instant,
+    next_tick: Instant,
+    draining_since: Option<Instant>,
+}
+
+impl Worker {
+    /// Creates a worker around a listener bound by the server.
+    pub fn new(
+        id: usize,
+        listener: std::net::TcpListener,
+        shared: Arc<Shared>,
+    ) -> io::Result<(Worker, Arc<Waker>)> {
+        let poll = Poll::new()?;
+        let mut listener = TcpListener::from_std(listener);
+        poll.registry()
+            .register(&mut listener, LISTENER, Interest::READABLE)?;
+        let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+        let snapshot = shared.snapshot.load_full();
+        let now = Instant::now();
+        Ok((
+            Worker {
+                id,
+                poll,
+                listener: Some(listener),
+                conns: Slab::with_capacity(1024),
+                ups: Slab::with_capacity(256),
+                pool: Pool::default(),
+                shared,
+                snapshot,
+                now,
+                next_tick: now + TICK,
+                draining_since: None,
+            },
+            waker,
+        ))
+    }
+
+    fn gw(&self) -> &GatewayConfig {
+        &self.snapshot.gateway
+    }
+
+    /// Runs the event loop until shutdown completes.
+    pub fn run(mut self) {
+        let mut events = Events::with_capacity(1024);
+        loop {
+            let timeout = if self.conns.is_empty() && self.ups.is_empty() {
+                if self.draining_since.is_some() {
+                    break;
+                }
+                None
+            } else {
+                Some(self.next_tick.saturating_duration_since(Instant::now()))
+            };
+            if let Err(e) = self.poll.poll(&mut events, timeout) {
+                if e.kind() != ErrorKind::Interrupted {
+                    tracing::error!(worker = self.id, "poll failed: {e}");
+                    break;
+                }
+            }
+            self.now = Instant::now();
+            let current = self.shared.snapshot.load();
+            if !Arc::ptr_eq(&current, &self.snapshot) {
+                self.snapshot = Arc::clone(&current);
+            }
+            drop(current);
+            for ev in events.iter() {
+                match ev.token() {
+                    LISTENER => self.accept(),
+                    WAKER => {}
+                    Token(t) if t & 1 == 0 => {
+                        let ci = t >> 1;
+                        if let Some(c) = self.conns.get_mut(ci) {
+                            if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
+                                c.readable = true;
+                            }
+                            if ev.is_writable() || ev.is_write_closed() || ev.is_error() {
+                                c.writable = true;
+                            }
+                            self.drive(ci);
+                        }
+                    }
+                    Token(t) => {
+                        let ui = t >> 1;
+                        let owner = match self.ups.get_mut(ui) {
+                            Some(u) => {
+                                if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
+                                    u.readable = true;
+                                }
+                                if ev.is_writable() || ev.is_write_closed() || ev.is_error() {
+                                    u.writable = true;
+                                }
+                                u.owner
+                            }
+                            None => continue,
+                        };
+                        match owner {
+                            Some(ci) => self.drive(ci),
+                            None => self.idle_upstream_event(ui),
+                        }
+                    }
+                }
+            }
+            if self.shared.shutdown.load(Ordering::Acquire) && self.draining_since.is_none() {
+                self.begin_drain();
+            }
+            if self.now >= self.next_tick {
+                self.tick();
+                self.next_tick = self.now + TICK;
+            }
+        }
+        tracing::debug!(worker = self.id, "worker stopped");
+    }
+
+    fn accept(&mut self) {
+        loop {
+            let Some(listener) = self.listener.as_ref() else {
+                return;
+            };
+            match listener.accept() {
+                Ok((mut sock, peer)) => {
+                    if self.conns.len() >= self.gw().limits.max_connections_per_worker {
+                        // Over the limit: refuse by closing at once rather than queueing forever.
+                        drop(sock);
+                        continue;
+                    }
+                    let _ = sock.set_nodelay(true);
+                    let idle = self.gw().limits.client_header_timeout;
+                    let entry = self.conns.vacant_entry();
+                    let ci = entry.key();
+                    if let Err(e) = self.poll.registry().register(
+                        &mut sock,
+                        client_token(ci),
+                        Interest::READABLE | Interest::WRITABLE,
+                    ) {
+                        tracing::warn!("register client socket: {e}");
+                        continue;
+                    }
+                    entry.insert(Conn::new(sock, peer, self.now, idle));
+                    // Edge-triggered: data may already be waiting.
+                    self.conns[ci].readable = true;
+                    self.drive(ci);
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    // EMFILE and friends: log and stop accepting for this round.
+                    tracing::warn!("accept failed: {e}");
+                    return;
+                }
+            }
+        }
+    }
+
+    fn begin_drain(&mut self) {
+        self.draining_since = Some(self.now);
+        if let Some(mut l) = self.listener.take() {
+            let _ = self.poll.registry().deregister(&mut l);
+        }
+        let idle: Vec<usize> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.st == St::Head && c.rlen == 0 && c.pending_write() == 0)
+            .map(|(i, _)| i)
+            .collect();
+        for ci in idle {
+            self.close_conn(ci);
+        }
+        for (_, c) in self.conns.iter_mut() {
+            c.close_after = true;
+        }
+        let pooled: Vec<usize> = self
+            .pool
+            .all_idle()
+            .flat_map(|(_, v)| v.iter().copied())
+            .collect();
+        for ui in pooled {
+            self.close_upstream(ui);
+        }
+    }
+
+    fn tick(&mut self) {
+        let now = self.now;
+        let expired: Vec<usize> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.deadline.is_some_and(|d| d <= now))
+            .map(|(i, _)| i)
+            .collect();
+        for ci in expired {
+            self.on_deadline(ci);
+        }
+        let stale: Vec<usize> = self
+            .pool
+            .all_idle()
+            .flat_map(|(_, v)| v.iter().copied())
+            .filter(|&ui| {
+                self.ups
+                    .get(ui)
+                    .is_some_and(|u| now.duration_since(u.idle_since) > POOL_IDLE)
+            })
+            .collect();
+        for ui in stale {
+            self.close_upstream(ui);
+        }
+        if let Some(since) = self.draining_since {
+            if now.duration_since(since) > self.gw().shutdown_grace {
+                let all: Vec<usize> = self.conns.iter().map(|(i, _)| i).collect();
+                if !all.is_empty() {
+                    tracing::warn!(
+                        worker = self.id,
+                        connections = all.len(),
+                        "shutdown grace period over; closing remaining connections"
+                    );
+                }
+                for ci in all {
+                    self.close_conn(ci);
+                }
+                let ups: Vec<usize> = self.ups.iter().map(|(i, _)| i).collect();
+                for ui in ups {
+                    self.close_upstream(ui);
+                }
+            }
+        }
+    }
+
+    fn on_deadline(&mut self, ci: usize) {
+        let c = &mut self.conns[ci];
+        c.deadline = None;
+        match c.deadline_kind {
+            Deadline::Idle | Deadline::Write => self.close_conn(ci),
+            Deadline::Head => {
+                if c.rlen > 0 {
+                    self.local_error(ci, 408, "Request timeout", true);
+                } else {
+                    self.close_conn(ci);
+                }
+            }
+            Deadline::Body => {
+                if c.resp_started {
+                    self.close_conn(ci);
+                } else {
+                    self.local_error(ci, 408, "Request timeout", true);
+                }
+            }
+            Deadline::Connect | Deadline::Upstream => {
+                if c.resp_started {
+                    self.close_conn(ci);
+                } else {
+                    self.local_error(ci, 504, UPSTREAM_TIMEOUT, true);
+                }
+            }
+            Deadline::Hook => self.local_error(ci, 500, "Middleware error", true),
+        }
+    }
+
+    fn idle_upstream_event(&mut self, ui: usize) {
+        // An idle pooled connection became readable: the upstream closed it (or sent garbage).
+        let key = self.ups[ui].key.clone();
+        self.pool.remove(&key, ui);
+        self.close_upstream(ui);
+    }
+
+    fn close_upstream(&mut self, ui: usize) {
+        if let Some(mut u) = self.ups.try_remove(ui) {
+            if u.owner.is_none() {
+                self.pool.remove(&u.key, ui);
+            }
+            let _ = self.poll.registry().deregister(&mut u.sock);
+        }
+    }
+
+    fn close_conn(&mut self, ci: usize) {
+        if let Some(mut c) = self.conns.try_remove(ci) {
+            let _ = self.poll.registry().deregister(&mut c.sock);
+            if let Some(ui) = c.up.take() {
+                self.close_upstream(ui);
+            }
+        }
+    }
+
+    /// Queues a Tyk-style JSON error for the client and moves to flushing it. Any upstream in use is
+    /// closed (its state is unknown).
+    fn local_error(&mut self, ci: usize, status: u16, message: &str, close: bool) {
+        let Some(c) = self.conns.get_mut(ci) else {
+            return;
+        };
+        if c.resp_started {
+            self.close_conn(ci);
+            return;
+        }
+        if let Some(ui) = c.up.take() {
+            self.close_upstream(ui);
+        }
+        let c = &mut self.conns[ci];
+        let close = close || c.close_after || !c.req_body_done || self.shared.closing();
+        c.close_after |= close;
+        response::write_error(&mut c.wbuf, status, message, close, c.head_req);
+        c.resp_started = true;
+        c.st = if close { St::Close } else { St::Local };
+        let at = self.now + self.snapshot.gateway.limits.write_timeout;
+        c.arm(Deadline::Write, at);
+        self.drive(ci);
+    }
+
+    /// Advances connection `ci` as far as it can go without blocking.
+    fn drive(&mut self, ci: usize) {
+        for _ in 0..64 {
+            if !self.conns.contains(ci) {
+                return;
+            }
+            match self.step(ci) {
+                Ok(true) => continue,
+                Ok(false) => return,
+                Err(Abort) => {
+                    self.close_conn(ci);
+                    return;
+                }
+            }
+        }
+        // Still making progress after many rounds: yield to other connections; the readiness flags
+        // are kept, so the next event or tick resumes it.
+    }
+
+    /// One round of every step; returns whether anything moved.
+    fn step(&mut self, ci: usize) -> Result<bool, Abort> {
+        let mut progress = false;
+        progress |= self.write_client(ci)?;
+        progress |= self.read_client(ci)?;
+        let st = self.conns[ci].st;
+        match st {
+            St::Head => progress |= self.parse_head(ci)?,
+            St::Body => progress |= self.buffer_body(ci)?,
+            St::Chain => {}
+            St::Proxy => {
+                progress |= self.pump_request_body(ci)?;
+                progress |= self.upstream_io(ci)?;
+                if self.conns.contains(ci) && self.conns[ci].st == St::Proxy {
+                    progress |= self.pump_response(ci)?;
+                }
+            }
+            St::Local => progress |= self.discard_body(ci)?,
+            St::Close => {}
+        }
+        if !self.conns.contains(ci) {
+            return Ok(false);
+        }
+        progress |= self.finish(ci)?;
+        Ok(progress)
+    }
+
+    fn write_client(&mut self, ci: usize) -> Result<bool, Abort> {
+        let c = &mut self.conns[ci];
+        if c.pending_write() == 0 || !c.writable {
+            return Ok(false);
+        }
+        let mut moved = false;
+        while c.wpos < c.wbuf.len() {
+            match c.sock.write(&c.wbuf[c.wpos..]) {
+                Ok(0) => return Err(Abort),
+                Ok(n) => {
+                    c.wpos += n;
+                    moved = true;
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                    c.writable = false;
+                    break;
+                }
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(_) => return Err(Abort),
+            }
+        }
+        if c.wpos == c.wbuf.len() {
+            c.wbuf.clear();
+            c.wpos = 0;
+        }
+        if moved && c.deadline_kind == Deadline::Write {
+            c.deadline = Some(self.now + self.snapshot.gateway.limits.write_timeout);
+        }
+        Ok(moved)
+    }
+
+    /// Whether the connection currently wants bytes from the client.
+    fn wants_input(c: &Conn, max_head: usize) -> bool {
+        match c.st {
+            St::Head => true,
+            St::Body | St::Local => !c.req_body_done,
+            St::Proxy => {
+                !c.req_body_done
+                    && c.up.is_some()
+                    && c.rlen - c.head.head_len < MAX_PENDING_UPSTREAM.min(max_head.max(1 << 16))
+            }
+            St::Chain | St::Close => false,
+        }
+    }
+
+    fn read_client(&mut self, ci: usize) -> Result<bool, Abort> {
+        let max_head = self.snapshot.gateway.limits.max_header_bytes;
+        let c = &mut self.conns[ci];
+        if !c.readable || c.eof || !Self::wants_input(c, max_head) {
+            return Ok(false);
+        }
+        if c.rlen == c.rbuf.len() {
+            if c.st == St::Head && c.rbuf.len() < max_head + 1 {
+                let grow = (c.rbuf.len() * 2).min(max_head + 1);
+                c.rbuf.resize(grow, 0);
+            } else {
+                return Ok(false);
+            }
+        }
+        let mut moved = false;
+        loop {
+            if c.rlen == c.rbuf.len() {
+                break;
+            }
+            match c.sock.read(&mut c.rbuf[c.rlen..]) {
+                Ok(0) => {
+                    c.eof = true;
+                    moved = true;
+                    break;
+                }
+                Ok(n) => {
+                    c.rlen += n;
+                    moved = true;
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                    c.readable = false;
+                    break;
+                }
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(_) => return Err(Abort),
+            }
+        }
+        if moved {
+            match c.st {
+                St::Head if c.deadline_kind == Deadline::Idle && c.rlen > 0 => {
+                    let at = self.now + self.snapshot.gateway.limits.client_header_timeout;
+                    c.arm(Deadline::Head, at);
+                }
+                St::Body | St::Proxy if c.deadline_kind == Deadline::Body => {
+                    c.deadline = Some(self.now + self.snapshot.gateway.limits.client_body_timeout);
+                }
+                _ => {}
+            }
+        }
+        Ok(moved)
+    }
+
+    fn parse_head(&mut self, ci: usize) -> Result<bool, Abort> {
+        let max = self.snapshot.gateway.limits.max_header_bytes;
+        let c = &mut self.conns[ci];
+        if c.rlen == 0 {
+            if c.eof {
+                return Err(Abort);
+            }
+            return Ok(false);
+        }
+        match http::parse_request(&c.rbuf[..c.rlen], &mut c.head, max) {
+            Ok(true) => {
+                self.start_request(ci);
+                Ok(true)
+            }
+            Ok(false) => {
+                if c.eof {
+                    // The client closed mid-head: nothing sensible to answer.
+                    return Err(Abort);
+                }
+                Ok(false)
+            }
+            Err(e) => {
+                c.head.head_len = c.rlen;
+                self.local_error(ci, e.status, e.message, true);
+                Ok(true)
+            }
+        }
+    }
+
+    /// A complete head was parsed: route it and decide its path through the chain.
+    fn start_request(&mut self, ci: usize) {
+        let gw = Arc::clone(&self.snapshot.gateway);
+        let c = &mut self.conns[ci];
+        c.started = self.now;
+        c.http10 = c.head.http10;
+        c.head_req = c.head.method.of(&c.rbuf) == b"HEAD";
+        c.close_after = !c.head.keep_alive || gw.close_connections || self.shared.closing();
+        c.req_body = c.head.body;
+        c.req_body_done = c.req_body == BodyKind::None;
+        c.req_remaining = match c.req_body {
+            BodyKind::Length(n) => n,
+            _ => 0,
+        };
+        c.req_chunk = ChunkedDecoder::new();
+        c.req_body_seen = 0;
+
+        if let BodyKind::Length(n) = c.req_body {
+            if n > gw.limits.max_request_body_bytes {
+                self.local_error(ci, 413, "Request body too large", true);
+                return;
+            }
+        }
+        let path = c.head.path(&c.rbuf);
+        if path == "/hello" {
+            let body = super::health_body(&self.shared);
+            let c = &mut self.conns[ci];
+            let close = c.close_after;
+            response::Local {
+                status: 200,
+                headers: &[],
+                content_type: Some("application/json"),
+                body: body.as_bytes(),
+                close,
+                http10_keep_alive: c.http10 && !close,
+                head: c.head_req,
+            }
+            .write(&mut c.wbuf);
+            c.resp_started = true;
+            c.st = if close { St::Close } else { St::Local };
+            let at = self.now + gw.limits.write_timeout;
+            c.arm(Deadline::Write, at);
+            return;
+        }
+        let api = match self.snapshot.route(path) {
+            Some(api) => Arc::clone(api),
+            None => {
+                self.local_error(ci, 404, "Not found", false);
+                return;
+            }
+        };
+        c.api = Some(api);
+        self.start_proxy(ci);
+    }
+
+    /// Picks an upstream connection (pooled or new) and queues the request head.
+    fn start_proxy(&mut self, ci: usize) {
+        let c = &mut self.conns[ci];
+        let Some(api) = c.api.clone() else {
+            self.local_error(ci, 500, "Internal Server Error", true);
+            return;
+        };
+        c.st = St::Proxy;
+        let target = &api.target;
+        let ui = match self.pool.take(&target.url) {
+            Some(ui) => {
+                let u = &mut self.ups[ui];
+                u.owner = Some(ci);
+                u.reused = true;
+                ui
+            }
+            None => {
+                let addr = match self.pool.resolve(target) {
+                    Ok(a) => a,
+                    Err(e) => {
+                        tracing::warn!(api = %api.api_id, target = %target.url, "cannot resolve upstream: {e}");
+                        self.local_error(ci, 502, UPSTREAM_ERROR, false);
+                        return;
+                    }
+                };
+                match self.open_upstream(addr, &target.url, ci) {
+                    Ok(ui) => ui,
+                    Err(e) => {
+                        tracing::warn!(api = %api.api_id, target = %target.url, "cannot connect upstream: {e}");
+                        self.pool.forget_addr(&target.url);
+                        self.local_error(ci, 502, UPSTREAM_ERROR, false);
+                        return;
+                    }
+                }
+            }
+        };
+        let c = &mut self.conns[ci];
+        c.up = Some(ui);
+        let u = &mut self.ups[ui];
+        u.wbuf.clear();
+        u.wpos = 0;
+        u.rlen = 0;
+        let body = if let Some(b) = c.req.edits.as_ref().and_then(|e| e.body.as_ref()) {
+            BodyKind::Length(b.len() as u64)
+        } else if c.req.body_buffered {
+            BodyKind::Length(c.req.body.len() as u64)
+        } else {
+            c.req_body
+        };
+        proxy::write_request_head(
+            &Outbound {
+                buf: &c.rbuf,
+                head: &c.head,
+                api: &api,
+                edits: c.req.edits.as_deref(),
+                peer: &c.peer,
+                body,
+                scheme: "http",
+            },
+            &mut u.wbuf,
+        );
+        if let Some(b) = c.req.edits.as_ref().and_then(|e| e.body.as_ref()) {
+            u.wbuf.extend_from_slice(b);
+        } else if c.req.body_buffered {
+            u.wbuf.extend_from_slice(&c.req.body);
+        }
+        if !c.req_body_done && c.head.expect_continue && !c.sent_continue && c.rlen == c.head.head_len
+        {
+            c.wbuf.extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
+            c.sent_continue = true;
+        }
+        c.resp_head_done = false;
+        c.resp_done = false;
+        let gw = &self.snapshot.gateway;
+        if u.connecting {
+            c.arm(Deadline::Connect, self.now + gw.upstream.connect_timeout);
+        } else {
+            c.arm(Deadline::Upstream, self.now + gw.upstream.read_timeout);
+        }
+        // A pooled connection has no pending edge: try writing right away.
+        u.writable = true;
+    }
+
+    fn open_upstream(&mut self, addr: SocketAddr, key: &str, owner: usize) -> io::Result<usize> {
+        let mut u = Upstream::connect(addr, key)?;
+        u.owner = Some(owner);
+        let entry = self.ups.vacant_entry();
+        let ui = entry.key();
+        self.poll.registry().register(
+            &mut u.sock,
+            upstream_token(ui),
+            Interest::READABLE | Interest::WRITABLE,
+        )?;
+        entry.insert(u);
+        Ok(ui)
+    }
+
+    /// Moves request body bytes from the client's buffer towards the upstream (streaming mode).
+    fn pump_request_body(&mut self, ci: usize) -> Result<bool, Abort> {
+        let max_body = self.snapshot.gateway.limits.max_request_body_bytes;
+        let c = &mut self.conns[ci];
+        if c.req_body_done || c.req.body_buffered {
+            return Ok(false);
+        }
+        let Some(ui) = c.up else { return Ok(false) };
+        let u = &mut self.ups[ui];
+        if u.pending_write() >= MAX_PENDING_UPSTREAM {
+            return Ok(false);
+        }
+        let avail = c.rlen - c.head.head_len;
+        if avail == 0 {
+            if c.eof {
+                return Err(Abort);
+            }
+            return Ok(false);
+        }
+        let start = c.head.head_len;
+        let n = match c.req_body {
+            BodyKind::Length(_) => {
+                let n = (c.req_remaining.min(avail as u64)) as usize;
+                c.req_remaining -= n as u64;
+                if c.req_remaining == 0 {
+                    c.req_body_done = true;
+                }
+                n
+            }
+            BodyKind::Chunked => {
+                let n = match c.req_chunk.feed(&c.rbuf[start..c.rlen], None) {
+                    Ok(n) => n,
+                    Err(_) => {
+                        self.local_error(ci, 400, "Malformed chunked body", true);
+                        return Ok(true);
+                    }
+                };
+                if c.req_chunk.is_done() {
+                    c.req_body_done = true;
+                }
+                n
+            }
+            _ => 0,
+        };
+        c.req_body_seen += n as u64;
+        if c.req_body_seen > max_body {
+            self.local_error(ci, 413, "Request body too large", true);
+            return Ok(true);
+        }
+        u.wbuf.extend_from_slice(&c.rbuf[start..start + n]);
+        c.consume_after_head(n);
+        if c.deadline_kind == Deadline::Upstream && !c.req_body_done {
+            c.arm(
+                Deadline::Body,
+                self.now + self.snapshot.gateway.limits.client_body_timeout,
+            );
+        } else if c.req_body_done && c.deadline_kind == Deadline::Body {
+            c.arm(
+                Deadline::Upstream,
+                self.now + self.snapshot.gateway.upstream.read_timeout,
+            );
+        }
+        Ok(n > 0)
+    }
+
+    /// Reads the whole request body into the chain's buffer (decoded), for hooks.
+    fn buffer_body(&mut self, ci: usize) -> Result<bool, Abort> {
+        let max_body = self.snapshot.gateway.limits.max_request_body_bytes;
+        let c = &mut self.conns[ci];
+        if c.req_body_done {
+            c.req.body_buffered = true;
+            c.st = St::Chain;
+            self.run_chain(ci);
+            return Ok(true);
+        }
+        if c.head.expect_continue && !c.sent_continue {
+            c.wbuf.extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
+            c.sent_continue = true;
+        }
+        let avail = c.rlen - c.head.head_len;
+        if avail == 0 {
+            if c.eof {
+                return Err(Abort);
+            }
+            return Ok(false);
+        }
+        let start = c.head.head_len;
+        let n = match c.req_body {
+            BodyKind::Length(_) => {
+                let n = (c.req_remaining.min(avail as u64)) as usize;
+                c.req_remaining -= n as u64;
+                c.req.body.extend_from_slice(&c.rbuf[start..start + n]);
+                if c.req_remaining == 0 {
+                    c.req_body_done = true;
+                }
+                n
+            }
+            BodyKind::Chunked => {
+                let n = match c.req_chunk.feed(&c.rbuf[start..c.rlen], Some(&mut c.req.body)) {
+                    Ok(n) => n,
+                    Err(_) => {
+                        self.local_error(ci, 400, "Malformed chunked body", true);
+                        return Ok(true);
+                    }
+                };
+                if c.req_chunk.is_done() {
+                    c.req_body_done = true;
+                }
+                n
+            }
+            _ => 0,
+        };
+        c.consume_after_head(n);
+        if c.req.body.len() as u64 > max_body {
+            self.local_error(ci, 413, "Request body too large", true);
+            return Ok(true);
+        }
+        Ok(n > 0)
+    }
+
+    /// After a local answer, reads and drops the rest of the request body so that the connection
+    /// can serve the next request.
+    fn discard_body(&mut self, ci: usize) -> Result<bool, Abort> {
+        let c = &mut self.conns[ci];
+        if c.req_body_done {
+            return Ok(false);
+        }
+        let avail = c.rlen - c.head.head_len;
+        if avail == 0 {
+            if c.eof {
+                return Err(Abort);
+            }
+            return Ok(false);
+        }
+        let start = c.head.head_len;
+        let n = match c.req_body {
+            BodyKind::Length(_) => {
+                let n = (c.req_remaining.min(avail as u64)) as usize;
+                c.req_remaining -= n as u64;
+                c.req_body_done = c.req_remaining == 0;
+                n
+            }
+            BodyKind::Chunked => match c.req_chunk.feed(&c.rbuf[start..c.rlen], None) {
+                Ok(n) => {
+                    c.req_body_done = c.req_chunk.is_done();
+                    n
+                }
+                Err(_) => return Err(Abort),
+            },
+            _ => 0,
+        };
+        c.consume_after_head(n);
+        Ok(n > 0)
+    }
+
+    /// Connect completion, writes and reads on the upstream socket.
+    fn upstream_io(&mut self, ci: usize) -> Result<bool, Abort> {
+        let Some(ui) = self.conns[ci].up else {
+            return Ok(false);
+        };
+        let mut progress = false;
+        let u = &mut self.ups[ui];
+        if u.connecting {
+            if !u.writable {
+                return Ok(false);
+            }
+            match u.sock.take_error() {
+                Ok(None) => {}
+                Ok(Some(e)) | Err(e) => {
+                    let key = u.key.clone();
+                    tracing::warn!("upstream connect to {key} failed: {e}");
+                    self.pool.forget_addr(&key);
+                    self.upstream_failed(ci, false);
+                    return Ok(true);
+                }
+            }
+            match u.sock.peer_addr() {
+                Ok(_) => {
+                    u.connecting = false;
+                    progress = true;
+                    let c = &mut self.conns[ci];
+                    if c.deadline_kind == Deadline::Connect {
+                        c.arm(
+                            Deadline::Upstream,
+                            self.now + self.snapshot.gateway.upstream.read_timeout,
+                        );
+                    }
+                }
+                Err(e) if e.kind() == ErrorKind::NotConnected => {
+                    u.writable = false;
+                    return Ok(false);
+                }
+                Err(_) => {
+                    self.upstream_failed(ci, false);
+                    return Ok(true);
+                }
+            }
+        }
+        let u = &mut self.ups[ui];
+        if u.pending_write() > 0 && u.writable {
+            while u.wpos < u.wbuf.len() {
+                match u.sock.write(&u.wbuf[u.wpos..]) {
+                    Ok(0) => break,
+                    Ok(n) => {
+                        u.wpos += n;
+                        progress = true;
+                    }
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                        u.writable = false;
+                        break;
+                    }
+                    Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                    Err(_) => {
+                        // The upstream stopped reading; a response may still be readable.
+                        u.wpos = u.wbuf.len();
+                        u.eof = true;
+                        break;
+                    }
+                }
+            }
+            if u.wpos == u.wbuf.len() {
+                u.wbuf.clear();
+                u.wpos = 0;
+            }
+        }
+        let c = &self.conns[ci];
+        let room = c.pending_write() < MAX_PENDING_CLIENT;
+        let u = &mut self.ups[ui];
+        if u.readable && room && !u.eof && u.rlen < u.rbuf.len() {
+            loop {
+                if u.rlen == u.rbuf.len() {
+                    break;
+                }
+                match u.sock.read(&mut u.rbuf[u.rlen..]) {
+                    Ok(0) => {
+                        u.eof = true;
+                        progress = true;
+                        break;
+                    }
+                    Ok(n) => {
+                        u.rlen += n;
+                        progress = true;
+                    }
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                        u.readable = false;
+                        break;
+                    }
+                    Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                    Err(_) => {
+                        u.eof = true;
+                        progress = true;
+                        break;
+                    }
+                }
+            }
+            if progress {
+                let c = &mut self.conns[ci];
+                if c.deadline_kind == Deadline::Upstream {
+                    c.deadline = Some(self.now + self.snapshot.gateway.upstream.read_timeout);
+                }
+            }
+        }
+        Ok(progress)
+    }
+
+    /// The upstream connection failed before a complete response. Retries once on a fresh
+    /// connection when the request never reached a live upstream (stale pooled connection) and is
+    /// safe to repeat; otherwise answers 502.
+    fn upstream_failed(&mut self, ci: usize, got_bytes: bool) {
+        let c = &mut self.conns[ci];
+        let Some(ui) = c.up.take() else { return };
+        let reused = self.ups.get(ui).is_some_and(|u| u.reused);
+        self.close_upstream(ui);
+        let c = &mut self.conns[ci];
+        if c.resp_started {
+            self.close_conn(ci);
+            return;
+        }
+        let retryable = reused
+            && !got_bytes
+            && !c.retried
+            && c.req_body_done
+            && c.req_body == BodyKind::None
+            && c.head.is_idempotent(&c.rbuf);
+        if retryable {
+            c.retried = true;
+            self.start_proxy(ci);
+            return;
+        }
+        self.local_error(ci, 502, UPSTREAM_ERROR, false);
+    }
+
+    /// Parses the upstream response head and moves response body bytes to the client.
+    fn pump_response(&mut self, ci: usize) -> Result<bool, Abort> {
+        let Some(ui) = self.conns[ci].up else {
+            return Ok(false);
+        };
+        let max_head = self.snapshot.gateway.limits.max_header_bytes.max(64 * 1024);
+        let c = &mut self.conns[ci];
+        let u = &mut self.ups[ui];
+        let mut progress = false;
+        if !c.resp_head_done {
+            if u.rlen == 0 {
+                if u.eof {
+                    self.upstream_failed(ci, false);
+                    return Ok(true);
+                }
+                return Ok(false);
+            }
+            match http::parse_response(&u.rbuf[..u.rlen], &mut c.resp, max_head) {
+                Ok(false) => {
+                    if u.eof {
+                        self.upstream_failed(ci, true);
+                        return Ok(true);
+                    }
+                    return Ok(false);
+                }
+                Err(e) => {
+                    tracing::warn!(upstream = %u.key, "{e}");
+                    self.upstream_failed(ci, true);
+                    return Ok(true);
+                }
+                Ok(true) => {}
+            }
+            let hl = c.resp.head_len;
+            if (100..200).contains(&c.resp.status) {
+                // Interim response (we never forward Expect or Upgrade): drop it.
+                u.rbuf.copy_within(hl..u.rlen, 0);
+                u.rlen -= hl;
+                return Ok(true);
+            }
+            c.resp_head_done = true;
+            c.resp_kind = c.resp.body_kind(c.head_req);
+            c.resp_remaining = match c.resp_kind {
+                BodyKind::Length(n) => n,
+                _ => 0,
+            };
+            c.resp_chunk = ChunkedDecoder::new();
+            c.resp_decode = c.resp_kind == BodyKind::Chunked && c.http10;
+            if c.resp_kind == BodyKind::UntilClose || c.resp_decode {
+                c.close_after = true;
+            }
+            write_response_head(c, &u.rbuf);
+            c.resp_started = true;
+            u.rbuf.copy_within(hl..u.rlen, 0);
+            u.rlen -= hl;
+            progress = true;
+            if c.resp_kind == BodyKind::None {
+                c.resp_done = true;
+            }
+        }
+        if !c.resp_done && u.rlen > 0 && c.pending_write() < MAX_PENDING_CLIENT {
+            let n = match c.resp_kind {
+                BodyKind::Length(_) => {
+                    let n = (c.resp_remaining.min(u.rlen as u64)) as usize;
+                    c.resp_remaining -= n as u64;
+                    c.wbuf.extend_from_slice(&u.rbuf[..n]);
+                    c.resp_done = c.resp_remaining == 0;
+                    n
+                }
+                BodyKind::Chunked => {
+                    let out = if c.resp_decode { Some(&mut c.wbuf) } else { None };
+                    let n = match c.resp_chunk.feed(&u.rbuf[..u.rlen], out) {
+                        Ok(n) => n,
+                        Err(e) => {
+                            tracing::warn!(upstream = %u.key, "bad chunked response: {e}");
+                            return Err(Abort);
+                        }
+                    };
+                    if !c.resp_decode {
+                        c.wbuf.extend_from_slice(&u.rbuf[..n]);
+                    }
+                    c.resp_done = c.resp_chunk.is_done();
+                    n
+                }
+                BodyKind::UntilClose => {
+                    c.wbuf.extend_from_slice(&u.rbuf[..u.rlen]);
+                    u.rlen
+                }
+                BodyKind::None => 0,
+            };
+            u.rbuf.copy_within(n..u.rlen, 0);
+            u.rlen -= n;
+            progress |= n > 0;
+        }
+        if !c.resp_done && u.eof && u.rlen == 0 {
+            if c.resp_kind == BodyKind::UntilClose {
+                c.resp_done = true;
+                progress = true;
+            } else {
+                // Truncated response: the client can only learn it from the closed connection.
+                return Err(Abort);
+            }
+        }
+        if c.resp_done {
+            self.release_upstream(ci);
+            progress = true;
+        }
+        Ok(progress)
+    }
+
+    /// The response is complete: pool the upstream connection if it can serve another request.
+    fn release_upstream(&mut self, ci: usize) {
+        let c = &mut self.conns[ci];
+        let Some(ui) = c.up.take() else { return };
+        let reusable = c.req_body_done
+            && !c.resp.close
+            && c.resp_kind != BodyKind::UntilClose
+            && !self.shared.closing();
+        let c_st_deadline_write = self.now + self.snapshot.gateway.limits.write_timeout;
+        c.arm(Deadline::Write, c_st_deadline_write);
+        if !c.req_body_done {
+            // The upstream answered before reading the whole body: the rest cannot be forwarded,
+            // and the connection's framing is lost.
+            c.close_after = true;
+        }
+        c.st = St::Local;
+        let u = &mut self.ups[ui];
+        let clean = u.rlen == 0 && !u.eof && u.pending_write() == 0;
+        if reusable && clean {
+            u.owner = None;
+            u.served += 1;
+            u.idle_since = self.now;
+            u.readable = false;
+            let key = u.key.clone();
+            if self
+                .pool
+                .put(&key, ui, self.snapshot.gateway.upstream.max_idle_per_target)
+            {
+                return;
+            }
+        }
+        self.close_upstream(ui);
+    }
+
+    /// When the response is fully written, either closes or starts the next request.
+    fn finish(&mut self, ci: usize) -> Result<bool, Abort> {
+        let c = &mut self.conns[ci];
+        match c.st {
+            St::Local if c.pending_write() == 0 && (c.req_body_done || c.close_after) => {
+                if c.close_after {
+                    let _ = c.sock.shutdown(std::net::Shutdown::Write);
+                    return Err(Abort);
+                }
+                c.reset_for_next();
+                let idle = self.snapshot.gateway.limits.keepalive_timeout;
+                c.arm(Deadline::Idle, self.now + idle);
+                if c.rlen > 0 {
+                    let at = self.now + self.snapshot.gateway.limits.client_header_timeout;
+                    c.arm(Deadline::Head, at);
+                }
+                Ok(true)
+            }
+            St::Close if c.pending_write() == 0 => {
+                let _ = c.sock.shutdown(std::net::Shutdown::Write);
+                Err(Abort)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    /// Runs the middleware chain for the current request (no hooks yet: straight to the upstream).
+    fn run_chain(&mut self, ci: usize) {
+        self.start_proxy(ci);
+    }
+}
+
+/// Writes the client-facing response head: the upstream's status and headers minus hop-by-hop
+/// ones, with framing and connection headers chosen for this client.
+fn write_response_head(c: &mut Conn, ubuf: &[u8]) {
+    let r = &c.resp;
+    let out = &mut c.wbuf;
+    let _ = write!(out, "HTTP/1.1 {} ", r.status);
+    let reason = r.reason.of(ubuf);
+    if reason.is_empty() {
+        out.extend_from_slice(response::reason(r.status).as_bytes());
+    } else {
+        out.extend_from_slice(reason);
+    }
+    out.extend_from_slice(b"\r\n");
+    let conn_hdr = r
+        .headers
+        .iter()
+        .find(|h| h.name.of(ubuf).eq_ignore_ascii_case(b"connection"))
+        .map(|h| h.value.of(ubuf));
+    for h in &r.headers {
+        let name = h.name.of(ubuf);
+        if http::headers::is_hop_by_hop(name) {
+            continue;
+        }
+        if c.resp_decode && name.eq_ignore_ascii_case(b"content-length") {
+            continue;
+        }
+        if let Some(cv) = conn_hdr {
+            if http::headers::listed_in_connection(cv, name) {
+                continue;
+            }
+        }
+        out.extend_from_slice(name);
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(h.value.of(ubuf));
+        out.extend_from_slice(b"\r\n");
+    }
+    if c.resp_kind == BodyKind::Chunked && !c.resp_decode {
+        out.extend_from_slice(b"Transfer-Encoding: chunked\r\n");
+    }
+    if c.close_after {
+        out.extend_from_slice(b"Connection: close\r\n");
+    } else if c.http10 {
+        out.extend_from_slice(b"Connection: keep-alive\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+}
