@@ -5,6 +5,7 @@
 //! hooks through `coprocess`, and [`proxy`] forwards it to the upstream and streams the answer back.
 
 pub mod config;
+pub mod coprocess;
 pub mod demo;
 pub mod http;
 pub mod middleware;

@@ -193,12 +193,6 @@ impl Conn {
         self.wbuf.len() - self.wpos
     }
 
-    /// Bytes after the current head in the read buffer.
-    #[inline]
-    pub fn body_bytes(&self) -> &[u8] {
-        &self.rbuf[self.head.head_len..self.rlen]
-    }
-
     /// Drops `n` bytes right after the head (consumed body bytes), keeping the head in place.
     pub fn consume_after_head(&mut self, n: usize) {
         if n == 0 {

@@ -20,6 +20,7 @@ use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
 use crate::config::{self, Snapshot};
+use crate::coprocess::pipe::{PipeClient, PipeOptions};
 
 /// State shared by all workers.
 pub struct Shared {
@@ -31,6 +32,8 @@ pub struct Shared {
     pub conf_path: PathBuf,
     /// Workers' wakers, to make them notice shutdown at once.
     pub wakers: Mutex<Vec<Arc<Waker>>>,
+    /// The plugin process, when `coprocess_options.pipe_command` is set.
+    pub pipe: Option<Arc<PipeClient>>,
 }
 
 impl Shared {
@@ -151,11 +154,19 @@ pub fn start(conf_path: PathBuf, snapshot: Snapshot) -> Result<Running, String> 
         )
     })?;
     let bound = first.local_addr().map_err(|e| e.to_string())?;
+    // The plugin child starts before the listener accepts, so no request finds it missing.
+    let pipe = if gw.coprocess.enable_coprocess && !gw.coprocess.pipe_command.is_empty() {
+        let opts = PipeOptions::from(&gw.coprocess);
+        Some(PipeClient::start(opts).map_err(|e| e.to_string())?)
+    } else {
+        None
+    };
     let shared = Arc::new(Shared {
         snapshot: ArcSwap::from_pointee(snapshot),
         shutdown: AtomicBool::new(false),
         conf_path,
         wakers: Mutex::new(Vec::new()),
+        pipe,
     });
     let mut listeners = vec![first];
     for _ in 1..gw.workers {
@@ -213,7 +224,12 @@ pub fn run(conf_path: PathBuf) -> Result<(), String> {
             }
         }
     });
+    let pipe = running.shared().pipe.clone();
+    let grace = running.shared().snapshot.load().gateway.shutdown_grace;
     running.join();
+    if let Some(p) = pipe {
+        p.shutdown(grace.min(std::time::Duration::from_secs(5)));
+    }
     handle.close();
     let _ = sig_thread.join();
     tracing::info!("pipegate stopped");

@@ -18,8 +18,12 @@ use slab::Slab;
 
 use super::conn::{Conn, Deadline, St, MAX_PENDING_CLIENT, MAX_PENDING_UPSTREAM};
 use super::Shared;
-use crate::config::{GatewayConfig, Snapshot};
+use crate::config::{ApiDefinition, GatewayConfig, HookDef, Snapshot};
+use crate::coprocess::object::HookType;
+use crate::coprocess::pipe::{PipeClient, WorkerHandle};
+use crate::coprocess::{CallError, HookReply};
 use crate::http::{self, response, BodyKind, ChunkedDecoder};
+use crate::middleware::chain::{self, LocalResponse, Outcome, PendingCall, Phase, RequestView};
 use crate::proxy::{self, Outbound, Pool, Upstream};
 
 const LISTENER: Token = Token(usize::MAX - 1);
@@ -59,6 +63,25 @@ pub struct Worker {
     now: Instant,
     next_tick: Instant,
     draining_since: Option<Instant>,
+    /// The plugin process client and this worker's reply channel, when plugins are configured.
+    pipe: Option<(Arc<PipeClient>, WorkerHandle)>,
+}
+
+/// How an API's hooks are served.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Transport {
+    /// Plugins are off (`enable_coprocess: false`): hooks are skipped, as Tyk does.
+    Off,
+    /// The pipe child serves them.
+    Pipe,
+    /// The API's driver has no transport configured: every hooked request fails with 500.
+    Missing,
+}
+
+/// Packs a connection index and its request generation into a call tag.
+#[inline]
+fn tag_of(ci: usize, generation: u32) -> u64 {
+    ((ci as u64) << 32) | generation as u64
 }
 
 impl Worker {
@@ -75,6 +98,10 @@ impl Worker {
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
         let snapshot = shared.snapshot.load_full();
         let now = Instant::now();
+        let pipe = shared.pipe.as_ref().map(|p| {
+            let h = p.register_worker(Arc::clone(&waker));
+            (Arc::clone(p), h)
+        });
         Ok((
             Worker {
                 id,
@@ -88,6 +115,7 @@ impl Worker {
                 now,
                 next_tick: now + TICK,
                 draining_since: None,
+                pipe,
             },
             waker,
         ))
@@ -124,7 +152,7 @@ impl Worker {
             for ev in events.iter() {
                 match ev.token() {
                     LISTENER => self.accept(),
-                    WAKER => {}
+                    WAKER => self.drain_replies(),
                     Token(t) if t & 1 == 0 => {
                         let ci = t >> 1;
                         if let Some(c) = self.conns.get_mut(ci) {
@@ -583,8 +611,59 @@ impl Worker {
                 return;
             }
         };
-        c.api = Some(api);
+        let transport = self.transport_for(&api);
+        let hooked = transport != Transport::Off
+            && (chain::has_request_hooks(&api, &|h| self.hook_active(&api, h))
+                || chain::has_response_hooks(&api, &|h| self.hook_active(&api, h)));
+        let c = &mut self.conns[ci];
+        c.api = Some(Arc::clone(&api));
+        if transport == Transport::Missing && hooked_any(&api) {
+            tracing::error!(api = %api.api_id, driver = %api.custom_middleware.driver,
+                "API has plugin hooks but no transport serves driver; answering 500");
+            self.local_error(ci, 500, "Internal Server Error", false);
+            return;
+        }
+        if hooked && chain::has_request_hooks(&api, &|h| self.hook_active(&api, h)) {
+            let c = &mut self.conns[ci];
+            if self.snapshot.gateway.coprocess.send_body && !c.req_body_done {
+                c.st = St::Body;
+                let at = self.now + self.snapshot.gateway.limits.client_body_timeout;
+                c.arm(Deadline::Body, at);
+                return;
+            }
+            c.req.body_buffered = c.req_body_done;
+            c.st = St::Chain;
+            self.run_chain(ci);
+            return;
+        }
         self.start_proxy(ci);
+    }
+
+    /// How `api`'s hooks are served.
+    fn transport_for(&self, api: &ApiDefinition) -> Transport {
+        let cp = &self.snapshot.gateway.coprocess;
+        if !cp.enable_coprocess {
+            return Transport::Off;
+        }
+        if api.custom_middleware.driver.eq_ignore_ascii_case("grpc") {
+            return Transport::Missing;
+        }
+        if self.pipe.is_some() {
+            Transport::Pipe
+        } else {
+            Transport::Missing
+        }
+    }
+
+    /// Whether a hook is called: plugins on, a transport for the API, and the plugin implements it.
+    fn hook_active(&self, api: &ApiDefinition, h: &HookDef) -> bool {
+        match self.transport_for(api) {
+            Transport::Pipe => self
+                .pipe
+                .as_ref()
+                .is_some_and(|(p, _)| p.implements(&h.name)),
+            _ => false,
+        }
     }
 
     /// Picks an upstream connection (pooled or new) and queues the request head.
@@ -1026,8 +1105,42 @@ impl Worker {
             if c.resp_kind == BodyKind::UntilClose || c.resp_decode {
                 c.close_after = true;
             }
-            write_response_head(c, &u.rbuf);
-            c.resp_started = true;
+            let buffer = c.api.as_ref().is_some_and(|api| {
+                self.pipe.is_some()
+                    && chain::has_response_hooks(api, &|h| {
+                        transport_is_pipe(&self.snapshot.gateway, api)
+                            && self.pipe.as_ref().is_some_and(|(p, _)| p.implements(&h.name))
+                    })
+            });
+            if buffer {
+                c.resp_buffer = true;
+                c.resp_decode = c.resp_kind == BodyKind::Chunked;
+                let headers = c
+                    .resp
+                    .headers
+                    .iter()
+                    .filter(|h| {
+                        let n = h.name.of(&u.rbuf);
+                        !http::headers::is_hop_by_hop(n)
+                            && !n.eq_ignore_ascii_case(b"content-length")
+                    })
+                    .map(|h| {
+                        (
+                            String::from_utf8_lossy(h.name.of(&u.rbuf)).into_owned(),
+                            String::from_utf8_lossy(h.value.of(&u.rbuf)).into_owned(),
+                        )
+                    })
+                    .collect();
+                c.req.response = Some(Box::new(LocalResponse {
+                    status: c.resp.status,
+                    headers,
+                    body: Vec::new(),
+                    content_type: None,
+                }));
+            } else {
+                write_response_head(c, &u.rbuf);
+                c.resp_started = true;
+            }
             u.rbuf.copy_within(hl..u.rlen, 0);
             u.rlen -= hl;
             progress = true;
@@ -1036,16 +1149,20 @@ impl Worker {
             }
         }
         if !c.resp_done && u.rlen > 0 && c.pending_write() < MAX_PENDING_CLIENT {
+            let sink = match c.req.response.as_mut() {
+                Some(r) if c.resp_buffer => &mut r.body,
+                _ => &mut c.wbuf,
+            };
             let n = match c.resp_kind {
                 BodyKind::Length(_) => {
                     let n = (c.resp_remaining.min(u.rlen as u64)) as usize;
                     c.resp_remaining -= n as u64;
-                    c.wbuf.extend_from_slice(&u.rbuf[..n]);
+                    sink.extend_from_slice(&u.rbuf[..n]);
                     c.resp_done = c.resp_remaining == 0;
                     n
                 }
                 BodyKind::Chunked => {
-                    let out = if c.resp_decode { Some(&mut c.wbuf) } else { None };
+                    let out = if c.resp_decode { Some(&mut *sink) } else { None };
                     let n = match c.resp_chunk.feed(&u.rbuf[..u.rlen], out) {
                         Ok(n) => n,
                         Err(e) => {
@@ -1054,13 +1171,13 @@ impl Worker {
                         }
                     };
                     if !c.resp_decode {
-                        c.wbuf.extend_from_slice(&u.rbuf[..n]);
+                        sink.extend_from_slice(&u.rbuf[..n]);
                     }
                     c.resp_done = c.resp_chunk.is_done();
                     n
                 }
                 BodyKind::UntilClose => {
-                    c.wbuf.extend_from_slice(&u.rbuf[..u.rlen]);
+                    sink.extend_from_slice(&u.rbuf[..u.rlen]);
                     u.rlen
                 }
                 BodyKind::None => 0,
@@ -1078,8 +1195,23 @@ impl Worker {
                 return Err(Abort);
             }
         }
+        if c.resp_buffer
+            && c.req.response.as_ref().map_or(0, |r| r.body.len() as u64)
+                > self.snapshot.gateway.limits.max_request_body_bytes
+        {
+            tracing::warn!(upstream = %u.key, "response too large to buffer for response hooks");
+            self.upstream_failed(ci, true);
+            return Ok(true);
+        }
         if c.resp_done {
+            let buffered = c.resp_buffer;
             self.release_upstream(ci);
+            if buffered {
+                let c = &mut self.conns[ci];
+                c.st = St::Chain;
+                c.req.phase = Phase::Response(0);
+                self.run_response_chain(ci);
+            }
             progress = true;
         }
         Ok(progress)
@@ -1145,10 +1277,237 @@ impl Worker {
         }
     }
 
-    /// Runs the middleware chain for the current request (no hooks yet: straight to the upstream).
+    /// Runs the request phases of the chain from where the request is: dispatches the next hook
+    /// (and parks the connection until its reply), or goes upstream when none is left.
     fn run_chain(&mut self, ci: usize) {
-        self.start_proxy(ci);
+        let Some(api) = self.conns[ci].api.clone() else {
+            return;
+        };
+        let mut phase = self.conns[ci].req.phase;
+        let next = chain::next_request_hook(&api, &mut phase, &|h| self.hook_active(&api, h));
+        self.conns[ci].req.phase = phase;
+        let Some((hook, def)) = next else {
+            self.start_proxy(ci);
+            return;
+        };
+        let send_body = self.snapshot.gateway.coprocess.send_body;
+        let c = &self.conns[ci];
+        let view = RequestView {
+            buf: &c.rbuf,
+            head: &c.head,
+            edits: c.req.edits.as_deref(),
+            body: &c.req.body,
+            scheme: "http",
+        };
+        let obj = chain::request_object(hook, def, &api, &view, c.req.session.as_deref(), send_body);
+        self.dispatch(ci, hook, def, &obj);
     }
+
+    /// Sends a hook call and parks the connection on it.
+    fn dispatch(&mut self, ci: usize, hook: HookType, def: &HookDef, obj: &crate::coprocess::object::Object) {
+        let cp = &self.snapshot.gateway.coprocess;
+        let timeout = def.timeout.unwrap_or(cp.hook_timeout);
+        let fail_open = def.fail_open.unwrap_or(cp.fail_open);
+        let Some((pipe, handle)) = self.pipe.as_ref() else {
+            self.local_error(ci, 500, "Internal Server Error", false);
+            return;
+        };
+        let c = &mut self.conns[ci];
+        let id = pipe.dispatch(handle.id, tag_of(ci, c.generation), self.now + timeout, obj);
+        tracing::trace!(call = id, hook = hook.name(), name = %def.name, "hook dispatched");
+        c.req.pending = Some(PendingCall {
+            id,
+            hook,
+            fail_open,
+        });
+        c.st = St::Chain;
+        // Safety net only: the client answers every call by its deadline.
+        c.arm(Deadline::Hook, self.now + timeout + Duration::from_secs(2));
+    }
+
+    /// Takes every reply queued for this worker.
+    fn drain_replies(&mut self) {
+        loop {
+            let reply = match self.pipe.as_ref() {
+                Some((_, h)) => h.replies.try_recv(),
+                None => return,
+            };
+            match reply {
+                Ok(r) => self.on_hook_reply(r),
+                Err(_) => return,
+            }
+        }
+    }
+
+    fn on_hook_reply(&mut self, r: HookReply) {
+        tracing::trace!(call = r.call_id, ok = r.result.is_ok(), "hook reply");
+        let ci = (r.tag >> 32) as usize;
+        let generation = r.tag as u32;
+        let Some(c) = self.conns.get_mut(ci) else {
+            return;
+        };
+        if c.generation != generation {
+            return;
+        }
+        let Some(pending) = c.req.pending else { return };
+        if pending.id != r.call_id {
+            return;
+        }
+        c.req.pending = None;
+        let Some(api) = c.api.clone() else { return };
+        let reply = match r.result {
+            Ok(obj) => obj,
+            Err(e) => {
+                if !matches!(e, CallError::PluginError(_)) || !pending.fail_open {
+                    tracing::warn!(api = %api.api_id, hook = pending.hook.name(), "hook failed: {e}");
+                }
+                let outcome = if pending.fail_open {
+                    Outcome::Continue
+                } else {
+                    Outcome::Respond(chain::dispatch_failure(pending.hook))
+                };
+                self.after_hook(ci, pending.hook, outcome);
+                return;
+            }
+        };
+        if pending.hook == HookType::Response {
+            let c = &mut self.conns[ci];
+            let Some(mut resp) = c.req.response.take() else {
+                return;
+            };
+            match chain::apply_response_reply(&mut resp, reply) {
+                Ok(()) => {
+                    c.req.response = Some(resp);
+                    self.after_hook(ci, HookType::Response, Outcome::Continue);
+                }
+                Err(e) => self.after_hook(ci, HookType::Response, Outcome::Respond(e)),
+            }
+            return;
+        }
+        let c = &mut self.conns[ci];
+        let mut state = std::mem::take(&mut c.req);
+        let outcome = {
+            let view = RequestView {
+                buf: &c.rbuf,
+                head: &c.head,
+                edits: state.edits.as_deref(),
+                body: &state.body,
+                scheme: "http",
+            };
+            // `apply` needs the view (borrowing state's edits) and state mutably: work on a copy
+            // of the edits.
+            let mut work = chain::RequestState {
+                phase: state.phase,
+                edits: state.edits.clone(),
+                body: Vec::new(),
+                body_buffered: state.body_buffered,
+                response: None,
+                session: state.session.take(),
+                pending: None,
+            };
+            let out = chain::apply_request_reply(pending.hook, &api, &view, &mut work, reply);
+            state.edits = work.edits;
+            state.session = work.session;
+            out
+        };
+        c.req = state;
+        self.after_hook(ci, pending.hook, outcome);
+    }
+
+    fn after_hook(&mut self, ci: usize, hook: HookType, outcome: Outcome) {
+        match outcome {
+            Outcome::Respond(resp) => self.respond_local(ci, resp),
+            Outcome::Continue => {
+                if hook == HookType::Response {
+                    self.run_response_chain(ci);
+                } else {
+                    self.run_chain(ci);
+                }
+            }
+        }
+        if self.conns.contains(ci) {
+            self.drive(ci);
+        }
+    }
+
+    /// Runs the next response hook on the buffered response, or writes it when none is left.
+    fn run_response_chain(&mut self, ci: usize) {
+        let Some(api) = self.conns[ci].api.clone() else {
+            return;
+        };
+        let mut phase = self.conns[ci].req.phase;
+        if !matches!(phase, Phase::Response(_)) {
+            phase = Phase::Response(0);
+        }
+        let next = chain::next_response_hook(&api, &mut phase, &|h| self.hook_active(&api, h));
+        self.conns[ci].req.phase = phase;
+        let Some(def) = next else {
+            let c = &mut self.conns[ci];
+            let resp = c.req.response.take().map(|b| *b).unwrap_or_default();
+            self.respond_local(ci, resp);
+            return;
+        };
+        let send_body = self.snapshot.gateway.coprocess.send_body;
+        let c = &self.conns[ci];
+        let Some(resp) = c.req.response.as_deref() else {
+            return;
+        };
+        let view = RequestView {
+            buf: &c.rbuf,
+            head: &c.head,
+            edits: c.req.edits.as_deref(),
+            body: &c.req.body,
+            scheme: "http",
+        };
+        let obj = chain::response_object(def, &api, &view, c.req.session.as_deref(), resp, send_body);
+        self.dispatch(ci, HookType::Response, def, &obj);
+    }
+
+    /// Queues a complete gateway-built response and moves to flushing it.
+    fn respond_local(&mut self, ci: usize, resp: LocalResponse) {
+        let Some(c) = self.conns.get_mut(ci) else {
+            return;
+        };
+        if let Some(ui) = c.up.take() {
+            self.close_upstream(ui);
+        }
+        let c = &mut self.conns[ci];
+        let close = c.close_after || self.shared.closing();
+        if !c.req_body_done && c.head.expect_continue && !c.sent_continue {
+            // The client may still be waiting to send the body: close rather than guess.
+            c.close_after = true;
+        }
+        let close = close || c.close_after;
+        response::Local {
+            status: resp.status,
+            headers: &resp.headers,
+            content_type: resp.content_type,
+            body: &resp.body,
+            close,
+            http10_keep_alive: c.http10 && !close,
+            head: c.head_req,
+        }
+        .write(&mut c.wbuf);
+        c.resp_started = true;
+        c.st = if close { St::Close } else { St::Local };
+        let at = self.now + self.snapshot.gateway.limits.write_timeout;
+        c.arm(Deadline::Write, at);
+    }
+}
+
+/// Whether `api`'s hooks go to the pipe child.
+fn transport_is_pipe(gw: &GatewayConfig, api: &ApiDefinition) -> bool {
+    gw.coprocess.enable_coprocess && !api.custom_middleware.driver.eq_ignore_ascii_case("grpc")
+}
+
+/// Whether the API names any hook at all.
+fn hooked_any(api: &ApiDefinition) -> bool {
+    let mw = &api.custom_middleware;
+    !mw.pre.is_empty()
+        || !mw.post.is_empty()
+        || !mw.post_key_auth.is_empty()
+        || !mw.response.is_empty()
+        || (mw.auth_check.is_some() && api.coprocess_auth && !api.use_keyless)
 }
 
 /// Writes the client-facing response head: the upstream's status and headers minus hop-by-hop
