@@ -183,3 +183,31 @@ fn respond(buf: &[u8], head: &http::RequestHead, body: &[u8], out: &mut TcpStrea
     out.write_all(&resp)?;
     Ok(head.keep_alive)
 }
+
+/// The demo plugin, run as the gateway's pipe child by `pipegate demo` (`pipegate demo-plugin`).
+/// It is built on the Rust SDK in `protocol/rust`, so the demo needs nothing beyond the build.
+/// Hooks: `DemoPre` adds `X-Pipegate-Demo: pre hook ran` to the request (and answers 403 itself when
+/// the client sends `X-Demo-Block`); `DemoResponse` adds `X-Pipegate-Demo-Response: 1`.
+pub fn run_demo_plugin() -> io::Result<()> {
+    use pipegate_plugin::{serve_with, HookCall, HookResult, ObjectPatch, ServeOptions};
+    let options = ServeOptions::new("pipegate-demo").hooks(["DemoPre", "DemoResponse"]);
+    serve_with(options, |call: HookCall| -> HookResult {
+        let mut patch = ObjectPatch::default();
+        match call.object.hook_name.as_str() {
+            "DemoPre" => {
+                if call.object.header("X-Demo-Block").is_some() {
+                    patch.respond(403, "blocked by the demo plugin");
+                } else {
+                    patch.set_header("X-Pipegate-Demo", "pre hook ran");
+                }
+            }
+            "DemoResponse" => {
+                if let Some(resp) = call.object.response.as_ref() {
+                    patch.set_response_header(resp, "X-Pipegate-Demo-Response", "1");
+                }
+            }
+            other => return HookResult::Error(format!("demo plugin has no hook {other:?}")),
+        }
+        patch.into()
+    })
+}

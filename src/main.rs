@@ -29,6 +29,9 @@ enum Command {
         #[arg(long, default_value_t = 8080)]
         port: u16,
     },
+    /// Run the demo plugin on stdin/stdout (the pipe child that `pipegate demo` starts).
+    #[command(hide = true)]
+    DemoPlugin,
     /// Run the demo echo upstream (used by the demo and the integration tests).
     #[command(hide = true)]
     EchoUpstream {
@@ -71,6 +74,13 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Some(Command::DemoPlugin) => match pipegate::demo::run_demo_plugin() {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("demo plugin: {e}");
+                ExitCode::FAILURE
+            }
+        },
         Some(Command::EchoUpstream { listen }) => {
             init_logging(false);
             let l = match TcpListener::bind(&listen) {
@@ -159,12 +169,17 @@ fn demo(port: u16) -> Result<(), String> {
     let apps = dir.join("apps");
     std::fs::create_dir_all(&apps).map_err(|e| format!("{}: {e}", apps.display()))?;
     let conf = dir.join("tyk.conf");
+    let exe = std::env::current_exe().map_err(|e| format!("cannot find own binary: {e}"))?;
     let tyk_conf = serde_json::json!({
         "listen_address": "127.0.0.1",
         "listen_port": port,
         "secret": "demo-secret",
         "app_path": "apps/",
         "middleware_path": "middleware",
+        "coprocess_options": {
+            "enable_coprocess": true,
+            "pipe_command": [exe.to_string_lossy(), "demo-plugin"]
+        }
     });
     std::fs::write(&conf, serde_json::to_vec_pretty(&tyk_conf).unwrap_or_default())
         .map_err(|e| format!("{}: {e}", conf.display()))?;
@@ -178,6 +193,11 @@ fn demo(port: u16) -> Result<(), String> {
             "listen_path": "/demo/",
             "target_url": format!("http://{up_addr}/"),
             "strip_listen_path": true
+        },
+        "custom_middleware": {
+            "driver": "pipe",
+            "pre": [{"name": "DemoPre"}],
+            "response": [{"name": "DemoResponse"}]
         }
     });
     std::fs::write(
@@ -192,6 +212,8 @@ fn demo(port: u16) -> Result<(), String> {
     println!("  curl -s http://127.0.0.1:{port}/hello");
     println!("  curl -s http://127.0.0.1:{port}/demo/anything?x=1");
     println!("  curl -s -X POST --data 'hello pipegate' http://127.0.0.1:{port}/demo/post");
+    println!("  curl -s -i http://127.0.0.1:{port}/demo/get   # X-Pipegate-Demo (pre hook) reaches the upstream; X-Pipegate-Demo-Response comes back");
+    println!("  curl -s -i -H 'X-Demo-Block: 1' http://127.0.0.1:{port}/demo/get   # the plugin answers 403 itself");
     println!("  curl -s -i http://127.0.0.1:{port}/nope   # 404 from the router");
     println!("press Ctrl-C to stop");
     pipegate::server::run(conf)

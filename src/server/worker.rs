@@ -708,12 +708,15 @@ impl Worker {
         u.wbuf.clear();
         u.wpos = 0;
         u.rlen = 0;
-        let body = if let Some(b) = c.req.edits.as_ref().and_then(|e| e.body.as_ref()) {
-            BodyKind::Length(b.len() as u64)
-        } else if c.req.body_buffered {
-            BodyKind::Length(c.req.body.len() as u64)
-        } else {
-            c.req_body
+        let body = match c.req.edits.as_ref().and_then(|e| e.body.as_ref()) {
+            Some(b) if !b.is_empty() || c.req_body != BodyKind::None => {
+                BodyKind::Length(b.len() as u64)
+            }
+            Some(_) => BodyKind::None,
+            None if c.req.body_buffered && c.req_body != BodyKind::None => {
+                BodyKind::Length(c.req.body.len() as u64)
+            }
+            None => c.req_body,
         };
         proxy::write_request_head(
             &Outbound {
