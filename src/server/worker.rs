@@ -1243,10 +1243,9 @@ impl Worker {
             u.served += 1;
             u.idle_since = self.now;
             u.readable = false;
-            let key = u.key.clone();
             if self
                 .pool
-                .put(&key, ui, self.snapshot.gateway.upstream.max_idle_per_target)
+                .put(&u.key, ui, self.snapshot.gateway.upstream.max_idle_per_target)
             {
                 return;
             }
