@@ -239,6 +239,8 @@ pub enum ChildMessage {
     Hello(HelloReply),
     /// A reply to a request.
     Reply(Reply),
+    /// A map without an `id` (and not a hello): nothing to route, ignored. Carries its `type`.
+    Ignored(Option<String>),
 }
 
 #[derive(Deserialize)]
@@ -295,10 +297,9 @@ pub fn decode_child_message(frame: &[u8]) -> Result<ChildMessage, FrameError> {
         }));
     }
     let Some(id) = raw.id else {
-        return Err(FrameError::Decode {
-            id: None,
-            reason: "message has no \"id\"".into(),
-        });
+        // A well-formed map that answers nothing: a message type from a newer protocol revision
+        // (ignored for forward compatibility) or a stray map. Either way the stream is intact.
+        return Ok(ChildMessage::Ignored(raw.kind.map(Cow::into_owned)));
     };
     let outcome = match raw.error {
         Some(e) => ReplyOutcome::Error(e.0),
@@ -690,9 +691,20 @@ mod tests {
             decode_child_message(&enc(serde_json::json!({"id": 8, "object": {"request": 5}}))),
             Err(FrameError::Decode { id: Some(8), .. })
         ));
-        assert!(matches!(
+        assert_eq!(
             decode_child_message(&enc(serde_json::json!({"object": {}}))),
-            Err(FrameError::Decode { id: None, .. })
+            Ok(ChildMessage::Ignored(None))
+        );
+        assert_eq!(
+            decode_child_message(&enc(
+                serde_json::json!({"type": "log", "text": "future message"})
+            )),
+            Ok(ChildMessage::Ignored(Some("log".into())))
+        );
+        // A reply may carry any type other than hello (e.g. the request's own).
+        assert!(matches!(
+            decode_child_message(&enc(serde_json::json!({"type": "dispatch", "id": 3}))),
+            Ok(ChildMessage::Reply(Reply { id: 3, .. }))
         ));
         assert!(matches!(
             decode_child_message(b"\xc1garbage"),

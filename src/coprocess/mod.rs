@@ -9,8 +9,10 @@
 //! same [`HookReply`] path back to the workers.
 
 pub mod frame;
+pub mod grpc;
 pub mod object;
 pub mod pipe;
+pub mod proto;
 
 use object::Object;
 use std::fmt;

@@ -188,11 +188,16 @@ pub fn write_request_head(o: &Outbound<'_>, out: &mut Vec<u8>) {
         ),
     };
     o.api.upstream_path(path, out);
-    if let Some(q) = query {
-        if !q.is_empty() {
-            out.push(b'?');
-            out.extend_from_slice(q.as_bytes());
+    // Tyk puts the target URL's own query first, then the client's, joined with '&'.
+    let tq = o.api.target.query.as_str();
+    let cq = query.unwrap_or("");
+    if !tq.is_empty() || !cq.is_empty() {
+        out.push(b'?');
+        out.extend_from_slice(tq.as_bytes());
+        if !tq.is_empty() && !cq.is_empty() {
+            out.push(b'&');
         }
+        out.extend_from_slice(cq.as_bytes());
     }
     out.extend_from_slice(b" HTTP/1.1\r\nHost: ");
     let host = if o.api.preserve_host_header {

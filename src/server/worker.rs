@@ -65,6 +65,8 @@ pub struct Worker {
     draining_since: Option<Instant>,
     /// The plugin process client and this worker's reply channel, when plugins are configured.
     pipe: Option<(Arc<PipeClient>, WorkerHandle)>,
+    /// Connections that yielded while still able to progress; driven again before polling.
+    again: Vec<usize>,
 }
 
 /// How an API's hooks are served.
@@ -116,6 +118,7 @@ impl Worker {
                 next_tick: now + TICK,
                 draining_since: None,
                 pipe,
+                again: Vec::with_capacity(64),
             },
             waker,
         ))
@@ -129,7 +132,9 @@ impl Worker {
     pub fn run(mut self) {
         let mut events = Events::with_capacity(1024);
         loop {
-            let timeout = if self.conns.is_empty() && self.ups.is_empty() {
+            let timeout = if !self.again.is_empty() {
+                Some(Duration::ZERO)
+            } else if self.conns.is_empty() && self.ups.is_empty() {
                 if self.draining_since.is_some() {
                     break;
                 }
@@ -185,6 +190,9 @@ impl Worker {
                         }
                     }
                 }
+            }
+            if !self.again.is_empty() {
+                self.drive_again();
             }
             if self.shared.shutdown.load(Ordering::Acquire) && self.draining_since.is_none() {
                 self.begin_drain();
@@ -310,6 +318,13 @@ impl Worker {
     }
 
     fn on_deadline(&mut self, ci: usize) {
+        self.expire(ci);
+        if self.conns.contains(ci) {
+            self.drive(ci);
+        }
+    }
+
+    fn expire(&mut self, ci: usize) {
         let c = &mut self.conns[ci];
         c.deadline = None;
         match c.deadline_kind {
@@ -385,7 +400,6 @@ impl Worker {
         c.st = if close { St::Close } else { St::Local };
         let at = self.now + self.snapshot.gateway.limits.write_timeout;
         c.arm(Deadline::Write, at);
-        self.drive(ci);
     }
 
     /// Advances connection `ci` as far as it can go without blocking.
@@ -403,8 +417,25 @@ impl Worker {
                 }
             }
         }
-        // Still making progress after many rounds: yield to other connections; the readiness flags
-        // are kept, so the next event or tick resumes it.
+        // Still making progress after many rounds (a large body): yield to other connections and
+        // resume it before the next poll. No new readiness edge would come for it, since its
+        // sockets have not hit EAGAIN.
+        if !self.again.contains(&ci) {
+            self.again.push(ci);
+        }
+    }
+
+    /// Drives the connections that yielded in the last round.
+    fn drive_again(&mut self) {
+        let list = std::mem::take(&mut self.again);
+        for &ci in &list {
+            self.drive(ci);
+        }
+        let mut list = list;
+        list.clear();
+        if self.again.is_empty() {
+            self.again = list;
+        }
     }
 
     /// One round of every step; returns whether anything moved.
@@ -419,7 +450,9 @@ impl Worker {
             St::Chain => {}
             St::Proxy => {
                 progress |= self.pump_request_body(ci)?;
-                progress |= self.upstream_io(ci)?;
+                if self.conns.contains(ci) && self.conns[ci].st == St::Proxy {
+                    progress |= self.upstream_io(ci)?;
+                }
                 if self.conns.contains(ci) && self.conns[ci].st == St::Proxy {
                     progress |= self.pump_response(ci)?;
                 }
@@ -743,13 +776,31 @@ impl Worker {
         c.resp_head_done = false;
         c.resp_done = false;
         let gw = &self.snapshot.gateway;
-        if u.connecting {
-            c.arm(Deadline::Connect, self.now + gw.upstream.connect_timeout);
-        } else {
-            c.arm(Deadline::Upstream, self.now + gw.upstream.read_timeout);
-        }
+        let connecting = u.connecting;
         // A pooled connection has no pending edge: try writing right away.
         u.writable = true;
+        if connecting {
+            c.arm(Deadline::Connect, self.now + gw.upstream.connect_timeout);
+        } else {
+            self.arm_exchange(ci);
+        }
+    }
+
+    /// Arms the deadline for the exchange with a connected upstream: the client's body timeout
+    /// while its body is still coming, else the upstream read timeout.
+    fn arm_exchange(&mut self, ci: usize) {
+        let c = &mut self.conns[ci];
+        if c.req_body_done || c.req.body_buffered {
+            c.arm(
+                Deadline::Upstream,
+                self.now + self.snapshot.gateway.upstream.read_timeout,
+            );
+        } else {
+            c.arm(
+                Deadline::Body,
+                self.now + self.snapshot.gateway.limits.client_body_timeout,
+            );
+        }
     }
 
     fn open_upstream(&mut self, addr: SocketAddr, key: &str, owner: usize) -> io::Result<usize> {
@@ -817,16 +868,8 @@ impl Worker {
         }
         u.wbuf.extend_from_slice(&c.rbuf[start..start + n]);
         c.consume_after_head(n);
-        if c.deadline_kind == Deadline::Upstream && !c.req_body_done {
-            c.arm(
-                Deadline::Body,
-                self.now + self.snapshot.gateway.limits.client_body_timeout,
-            );
-        } else if c.req_body_done && c.deadline_kind == Deadline::Body {
-            c.arm(
-                Deadline::Upstream,
-                self.now + self.snapshot.gateway.upstream.read_timeout,
-            );
+        if n > 0 && c.deadline_kind != Deadline::Connect {
+            self.arm_exchange(ci);
         }
         Ok(n > 0)
     }
@@ -948,10 +991,7 @@ impl Worker {
                     progress = true;
                     let c = &mut self.conns[ci];
                     if c.deadline_kind == Deadline::Connect {
-                        c.arm(
-                            Deadline::Upstream,
-                            self.now + self.snapshot.gateway.upstream.read_timeout,
-                        );
+                        self.arm_exchange(ci);
                     }
                 }
                 Err(e) if e.kind() == ErrorKind::NotConnected => {
