@@ -64,7 +64,8 @@ fn bench_pipe(c: &mut Criterion) {
                 got += 1;
             }
             if got < n {
-                poll.poll(&mut events, Some(Duration::from_secs(5))).expect("poll");
+                poll.poll(&mut events, Some(Duration::from_secs(5)))
+                    .expect("poll");
             }
         }
     };

@@ -5,7 +5,7 @@
 //! sees the gateway work with nothing else installed, and the integration tests start it as a real
 //! upstream process (`pipegate echo-upstream`). Query parameters make it misbehave on purpose:
 //! `status=N`, `delay_ms=N`, `size=N` (a body of N bytes instead of JSON), `chunked=1`, `close=1`
-//! (close-delimited body), `reset=1` (drop the connection after the head).
+//! (close-delimited body), `reset=1` (a truncated body, then a TCP reset).
 
 use std::collections::BTreeMap;
 use std::io::{self, BufReader, Read, Write};
@@ -109,7 +109,12 @@ fn echo_conn(stream: TcpStream) -> io::Result<()> {
     }
 }
 
-fn respond(buf: &[u8], head: &http::RequestHead, body: &[u8], out: &mut TcpStream) -> io::Result<bool> {
+fn respond(
+    buf: &[u8],
+    head: &http::RequestHead,
+    body: &[u8],
+    out: &mut TcpStream,
+) -> io::Result<bool> {
     let params: BTreeMap<String, String> = head
         .query(buf)
         .map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect())
@@ -155,7 +160,13 @@ fn respond(buf: &[u8], head: &http::RequestHead, body: &[u8], out: &mut TcpStrea
     }
     let is_head = head.method.of(buf) == b"HEAD";
     if params.contains_key("reset") {
+        // A head promising more body than is sent, then a TCP reset (SO_LINGER 0).
+        resp.extend_from_slice(
+            format!("Content-Length: {}\r\n\r\n", payload.len() + 1000).as_bytes(),
+        );
+        resp.extend_from_slice(&payload);
         out.write_all(&resp)?;
+        let _ = socket2::SockRef::from(&*out).set_linger(Some(Duration::ZERO));
         return Ok(false);
     }
     if params.contains_key("close") {

@@ -181,8 +181,11 @@ fn demo(port: u16) -> Result<(), String> {
             "pipe_command": [exe.to_string_lossy(), "demo-plugin"]
         }
     });
-    std::fs::write(&conf, serde_json::to_vec_pretty(&tyk_conf).unwrap_or_default())
-        .map_err(|e| format!("{}: {e}", conf.display()))?;
+    std::fs::write(
+        &conf,
+        serde_json::to_vec_pretty(&tyk_conf).unwrap_or_default(),
+    )
+    .map_err(|e| format!("{}: {e}", conf.display()))?;
     let api = serde_json::json!({
         "name": "Demo echo API",
         "api_id": "demo",
@@ -206,7 +209,9 @@ fn demo(port: u16) -> Result<(), String> {
     )
     .map_err(|e| format!("{}: {e}", apps.display()))?;
 
-    println!("pipegate demo: gateway on http://127.0.0.1:{port}, demo upstream on http://{up_addr}");
+    println!(
+        "pipegate demo: gateway on http://127.0.0.1:{port}, demo upstream on http://{up_addr}"
+    );
     println!("configuration written to {}", dir.display());
     println!("try:");
     println!("  curl -s http://127.0.0.1:{port}/hello");

@@ -355,7 +355,6 @@ impl UpstreamTarget {
     }
 }
 
-
 /// Parses a `custom_middleware` object (from an API definition or a bundle's manifest.json).
 ///
 /// `field` is the path used in errors, e.g. `"custom_middleware"`. Disabled hooks are dropped;

@@ -97,7 +97,11 @@ impl ChunkedDecoder {
     /// Consumes bytes from `input`, returning how many belong to this body. Stops at the end of the
     /// body, so bytes after it (a pipelined request) are left for the caller. When `out` is given,
     /// the chunk payload is appended to it.
-    pub fn feed(&mut self, input: &[u8], mut out: Option<&mut Vec<u8>>) -> Result<usize, ChunkError> {
+    pub fn feed(
+        &mut self,
+        input: &[u8],
+        mut out: Option<&mut Vec<u8>>,
+    ) -> Result<usize, ChunkError> {
         let mut i = 0;
         while i < input.len() {
             let b = input[i];

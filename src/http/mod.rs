@@ -231,7 +231,10 @@ pub fn parse_request(
         }
         Span::from_sub(buf, path)
     } else if target == "*" && method == "OPTIONS" {
-        return Err(HttpError::new(400, "Asterisk-form request target is not supported"));
+        return Err(HttpError::new(
+            400,
+            "Asterisk-form request target is not supported",
+        ));
     } else {
         return Err(HttpError::new(400, "Malformed request target"));
     };
@@ -260,8 +263,8 @@ pub fn parse_request(
             value: Span::from_sub(buf, value),
         };
         if name.eq_ignore_ascii_case(b"content-length") {
-            let n = parse_content_length(value)
-                .ok_or(HttpError::new(400, "Invalid Content-Length"))?;
+            let n =
+                parse_content_length(value).ok_or(HttpError::new(400, "Invalid Content-Length"))?;
             if content_length.is_some_and(|c| c != n) {
                 return Err(HttpError::new(400, "Conflicting Content-Length headers"));
             }
@@ -322,7 +325,10 @@ pub fn parse_request(
         ));
     }
     if chunked && head.http10 {
-        return Err(HttpError::new(400, "Transfer-Encoding in an HTTP/1.0 request"));
+        return Err(HttpError::new(
+            400,
+            "Transfer-Encoding in an HTTP/1.0 request",
+        ));
     }
     head.body = if chunked {
         BodyKind::Chunked
@@ -559,8 +565,9 @@ mod tests {
 
     #[test]
     fn duplicate_equal_content_length_is_accepted() {
-        let h = parse("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\n")
-            .unwrap();
+        let h =
+            parse("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\n")
+                .unwrap();
         assert_eq!(h.body, BodyKind::Length(3));
     }
 
@@ -569,7 +576,9 @@ mod tests {
         let mut h = RequestHead::default();
         let big = format!("GET / HTTP/1.1\r\nHost: a\r\nX: {}\r\n", "a".repeat(9000));
         assert_eq!(
-            parse_request(big.as_bytes(), &mut h, 8192).unwrap_err().status,
+            parse_request(big.as_bytes(), &mut h, 8192)
+                .unwrap_err()
+                .status,
             431
         );
     }

@@ -394,7 +394,10 @@ pub fn response_object(
         if headers.get(&key).is_none() {
             headers.push(key.clone(), v.clone());
         }
-        match multi.iter_mut().find(|h| h.key.as_deref() == Some(key.as_str())) {
+        match multi
+            .iter_mut()
+            .find(|h| h.key.as_deref() == Some(key.as_str()))
+        {
             Some(h) => h.values.get_or_insert_with(Vec::new).push(v.clone()),
             None => multi.push(crate::coprocess::object::Header {
                 key: Some(key),
@@ -525,7 +528,9 @@ pub fn apply_request_reply(
         }
         if let Some(m) = req.method {
             if !m.is_empty() && m != view.method() {
-                if m.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
+                if m.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+                {
                     state.edits_mut().method = Some(m);
                 } else {
                     return Outcome::Respond(LocalResponse::error(

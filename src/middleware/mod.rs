@@ -53,8 +53,13 @@ impl RequestEdits {
 
     /// Records a header deleted by a plugin.
     pub fn delete_header(&mut self, name: String) {
-        self.set_headers.retain(|(k, _)| !k.eq_ignore_ascii_case(&name));
-        if !self.delete_headers.iter().any(|d| d.eq_ignore_ascii_case(&name)) {
+        self.set_headers
+            .retain(|(k, _)| !k.eq_ignore_ascii_case(&name));
+        if !self
+            .delete_headers
+            .iter()
+            .any(|d| d.eq_ignore_ascii_case(&name))
+        {
             self.delete_headers.push(name);
         }
     }

@@ -201,7 +201,9 @@ pub fn write_request_head(o: &Outbound<'_>, out: &mut Vec<u8>) {
     }
     out.extend_from_slice(b" HTTP/1.1\r\nHost: ");
     let host = if o.api.preserve_host_header {
-        head.host.map(|h| h.of(buf)).unwrap_or(o.api.target.authority.as_bytes())
+        head.host
+            .map(|h| h.of(buf))
+            .unwrap_or(o.api.target.authority.as_bytes())
     } else {
         o.api.target.authority.as_bytes()
     };

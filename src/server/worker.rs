@@ -768,7 +768,10 @@ impl Worker {
         } else if c.req.body_buffered {
             u.wbuf.extend_from_slice(&c.req.body);
         }
-        if !c.req_body_done && c.head.expect_continue && !c.sent_continue && c.rlen == c.head.head_len
+        if !c.req_body_done
+            && c.head.expect_continue
+            && !c.sent_continue
+            && c.rlen == c.head.head_len
         {
             c.wbuf.extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
             c.sent_continue = true;
@@ -907,7 +910,10 @@ impl Worker {
                 n
             }
             BodyKind::Chunked => {
-                let n = match c.req_chunk.feed(&c.rbuf[start..c.rlen], Some(&mut c.req.body)) {
+                let n = match c
+                    .req_chunk
+                    .feed(&c.rbuf[start..c.rlen], Some(&mut c.req.body))
+                {
                     Ok(n) => n,
                     Err(_) => {
                         self.local_error(ci, 400, "Malformed chunked body", true);
@@ -1152,7 +1158,10 @@ impl Worker {
                 self.pipe.is_some()
                     && chain::has_response_hooks(api, &|h| {
                         transport_is_pipe(&self.snapshot.gateway, api)
-                            && self.pipe.as_ref().is_some_and(|(p, _)| p.implements(&h.name))
+                            && self
+                                .pipe
+                                .as_ref()
+                                .is_some_and(|(p, _)| p.implements(&h.name))
                     })
             });
             if buffer {
@@ -1205,7 +1214,11 @@ impl Worker {
                     n
                 }
                 BodyKind::Chunked => {
-                    let out = if c.resp_decode { Some(&mut *sink) } else { None };
+                    let out = if c.resp_decode {
+                        Some(&mut *sink)
+                    } else {
+                        None
+                    };
                     let n = match c.resp_chunk.feed(&u.rbuf[..u.rlen], out) {
                         Ok(n) => n,
                         Err(e) => {
@@ -1283,10 +1296,11 @@ impl Worker {
             u.served += 1;
             u.idle_since = self.now;
             u.readable = false;
-            if self
-                .pool
-                .put(&u.key, ui, self.snapshot.gateway.upstream.max_idle_per_target)
-            {
+            if self.pool.put(
+                &u.key,
+                ui,
+                self.snapshot.gateway.upstream.max_idle_per_target,
+            ) {
                 return;
             }
         }
@@ -1341,12 +1355,19 @@ impl Worker {
             body: &c.req.body,
             scheme: "http",
         };
-        let obj = chain::request_object(hook, def, &api, &view, c.req.session.as_deref(), send_body);
+        let obj =
+            chain::request_object(hook, def, &api, &view, c.req.session.as_deref(), send_body);
         self.dispatch(ci, hook, def, &obj);
     }
 
     /// Sends a hook call and parks the connection on it.
-    fn dispatch(&mut self, ci: usize, hook: HookType, def: &HookDef, obj: &crate::coprocess::object::Object) {
+    fn dispatch(
+        &mut self,
+        ci: usize,
+        hook: HookType,
+        def: &HookDef,
+        obj: &crate::coprocess::object::Object,
+    ) {
         let cp = &self.snapshot.gateway.coprocess;
         let timeout = def.timeout.unwrap_or(cp.hook_timeout);
         let fail_open = def.fail_open.unwrap_or(cp.fail_open);
@@ -1501,7 +1522,8 @@ impl Worker {
             body: &c.req.body,
             scheme: "http",
         };
-        let obj = chain::response_object(def, &api, &view, c.req.session.as_deref(), resp, send_body);
+        let obj =
+            chain::response_object(def, &api, &view, c.req.session.as_deref(), resp, send_body);
         self.dispatch(ci, HookType::Response, def, &obj);
     }
 
