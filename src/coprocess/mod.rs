@@ -8,6 +8,7 @@
 //! The types below are transport-neutral so that a gRPC transport can answer calls through the
 //! same [`HookReply`] path back to the workers.
 
+pub mod bodyfile;
 pub mod frame;
 pub mod grpc;
 pub mod object;

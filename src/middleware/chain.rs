@@ -82,6 +82,8 @@ pub struct RequestState {
     pub session: Option<Box<SessionState>>,
     /// The hook call in flight: (call id, hook type, whether it fails open).
     pub pending: Option<PendingCall>,
+    /// A body file written for the call in flight, deleted when it is answered.
+    pub spilled: Option<crate::coprocess::object::RawBodyFile>,
 }
 
 /// A hook call waiting for its reply.
@@ -105,6 +107,9 @@ impl RequestState {
         self.response = None;
         self.session = None;
         self.pending = None;
+        if let Some(f) = self.spilled.take() {
+            crate::coprocess::bodyfile::remove(&f);
+        }
     }
 
     /// The edits, created on first use.
@@ -482,7 +487,14 @@ pub fn apply_request_reply(
         }
         if let Some(set) = req.set_headers {
             for (k, v) in set.0 {
-                state.edits_mut().set_header(k, v);
+                if !valid_header(&k, &v) {
+                    tracing::warn!(api = %api.api_id, header = ?k, "plugin set an invalid header (name must be a token, value without CR/LF/NUL)");
+                    return Outcome::Respond(middleware_error());
+                }
+                // Tyk's setCustomHeader canonicalizes the name.
+                let mut name = String::with_capacity(k.len());
+                canonical_name_into(k.as_bytes(), &mut name);
+                state.edits_mut().set_header(name, v);
             }
         }
         // Query parameters: from the current query, delete, then add (replace).
@@ -513,14 +525,13 @@ pub fn apply_request_reply(
         if let Some(url) = req.url {
             let current = view.url();
             if url != current {
-                if !url.starts_with('/') {
-                    return Outcome::Respond(LocalResponse::error(
-                        500,
-                        "Middleware error",
-                        Vec::new(),
-                    ));
+                // Go's url.ParseRequestURI: absolute path, no control characters.
+                if !url.starts_with('/') || url.bytes().any(|b| b < 0x20 || b == 0x7f) {
+                    tracing::warn!(api = %api.api_id, url = ?url, "plugin returned an invalid url");
+                    return Outcome::Respond(middleware_error());
                 }
-                let path = url.split('?').next().unwrap_or("/").to_string();
+                let raw = url.split(['?', '#']).next().unwrap_or("/");
+                let path = escape_path(raw);
                 if path != view.path() {
                     state.edits_mut().path = Some(path);
                 }
@@ -543,6 +554,10 @@ pub fn apply_request_reply(
         }
         if let Some(ro) = req.return_overrides {
             if let Some(resp) = override_response(ro) {
+                if resp.headers.iter().any(|(k, v)| !valid_header(k, v)) {
+                    tracing::warn!(api = %api.api_id, "plugin's return_overrides carry an invalid header");
+                    return Outcome::Respond(middleware_error());
+                }
                 return Outcome::Respond(resp);
             }
         }
@@ -616,8 +631,10 @@ fn override_response(ro: ReturnOverrides) -> Option<LocalResponse> {
 /// `CustomMiddlewareResponseHook`): headers from `headers`/`multivalue_headers`, body from
 /// `raw_body`, status from `status_code`. A reply without `response` fails the request with 500.
 pub fn apply_response_reply(resp: &mut LocalResponse, reply: Object) -> Result<(), LocalResponse> {
+    // The pipe protocol lets a plugin send only what changed, so an absent `response` means
+    // unchanged (Tyk's gRPC path answers 500 there; echoing servers always send it back).
     let Some(r) = reply.response else {
-        return Err(LocalResponse::error(500, "Middleware error", Vec::new()));
+        return Ok(());
     };
     if r.headers.is_some() || r.multivalue_headers.is_some() {
         // Start from the multivalue list (the reply's, else the current headers).
@@ -670,6 +687,10 @@ pub fn apply_response_reply(resp: &mut LocalResponse, reply: Object) -> Result<(
             })
             .collect();
     }
+    if resp.headers.iter().any(|(k, v)| !valid_header(k, v)) {
+        tracing::warn!("response hook returned an invalid header");
+        return Err(middleware_error());
+    }
     if let Some(b) = r.raw_body {
         resp.body = b.into_vec();
     }
@@ -679,4 +700,53 @@ pub fn apply_response_reply(resp: &mut LocalResponse, reply: Object) -> Result<(
         }
     }
     Ok(())
+}
+
+fn middleware_error() -> LocalResponse {
+    LocalResponse::error(500, "Middleware error", Vec::new())
+}
+
+/// A header a plugin may set: the name is an HTTP token, the value has no CR, LF or NUL (anything
+/// else could split the message it is written into).
+pub fn valid_header(name: &str, value: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+        && !value.bytes().any(|b| b == b'\r' || b == b'\n' || b == 0)
+}
+
+/// Percent-encodes the bytes of a path that may not appear raw in a request target (as Go's
+/// `URL.EscapedPath` does for a path without a valid raw form); existing `%XX` escapes are kept.
+pub fn escape_path(path: &str) -> String {
+    let mut out = String::with_capacity(path.len());
+    for &b in path.as_bytes() {
+        let keep = b.is_ascii_alphanumeric() || b"/-._~!$&'()*+,;=:@%".contains(&b);
+        if keep {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn escapes_paths_like_go() {
+        assert_eq!(escape_path("/a b"), "/a%20b");
+        assert_eq!(escape_path("/ok/%41/x"), "/ok/%41/x");
+        assert_eq!(escape_path("/é"), "/%C3%A9");
+    }
+
+    #[test]
+    fn header_validation() {
+        assert!(valid_header("X-Ok", "fine value"));
+        assert!(!valid_header("X-Evil", "a\r\nInjected: yes"));
+        assert!(!valid_header("Bad Name", "v"));
+        assert!(!valid_header("", "v"));
+    }
 }

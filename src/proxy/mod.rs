@@ -178,15 +178,14 @@ pub fn write_request_head(o: &Outbound<'_>, out: &mut Vec<u8>) {
         .unwrap_or_else(|| head.method.str(buf));
     out.extend_from_slice(method.as_bytes());
     out.push(b' ');
-    let (path, query) = match o.edits.and_then(|e| e.path.as_deref()) {
-        Some(p) => (p, o.edits.and_then(|e| e.query.as_deref())),
-        None => (
-            head.path(buf),
-            o.edits
-                .and_then(|e| e.query.as_deref())
-                .or_else(|| head.query(buf)),
-        ),
-    };
+    let path = o
+        .edits
+        .and_then(|e| e.path.as_deref())
+        .unwrap_or_else(|| head.path(buf));
+    let query = o
+        .edits
+        .and_then(|e| e.query.as_deref())
+        .or_else(|| head.query(buf));
     o.api.upstream_path(path, out);
     // Tyk puts the target URL's own query first, then the client's, joined with '&'.
     let tq = o.api.target.query.as_str();

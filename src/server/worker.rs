@@ -1357,7 +1357,7 @@ impl Worker {
         };
         let obj =
             chain::request_object(hook, def, &api, &view, c.req.session.as_deref(), send_body);
-        self.dispatch(ci, hook, def, &obj);
+        self.dispatch(ci, hook, def, obj);
     }
 
     /// Sends a hook call and parks the connection on it.
@@ -1366,17 +1366,27 @@ impl Worker {
         ci: usize,
         hook: HookType,
         def: &HookDef,
-        obj: &crate::coprocess::object::Object,
+        mut obj: crate::coprocess::object::Object,
     ) {
         let cp = &self.snapshot.gateway.coprocess;
         let timeout = def.timeout.unwrap_or(cp.hook_timeout);
-        let fail_open = def.fail_open.unwrap_or(cp.fail_open);
+        // An auth hook never fails open: a protected API is never served without a session.
+        let fail_open = hook != HookType::CustomKeyCheck && def.fail_open.unwrap_or(cp.fail_open);
+        let threshold = cp.mmap_threshold_bytes;
         let Some((pipe, handle)) = self.pipe.as_ref() else {
             self.local_error(ci, 500, "Internal Server Error", false);
             return;
         };
         let c = &mut self.conns[ci];
-        let id = pipe.dispatch(handle.id, tag_of(ci, c.generation), self.now + timeout, obj);
+        if threshold > 0 && pipe.supports_mmap() {
+            c.req.spilled = spill_large_body(&mut obj, threshold);
+        }
+        let id = pipe.dispatch(
+            handle.id,
+            tag_of(ci, c.generation),
+            self.now + timeout,
+            &obj,
+        );
         tracing::trace!(call = id, hook = hook.name(), name = %def.name, "hook dispatched");
         c.req.pending = Some(PendingCall {
             id,
@@ -1417,8 +1427,11 @@ impl Worker {
             return;
         }
         c.req.pending = None;
+        if let Some(f) = c.req.spilled.take() {
+            crate::coprocess::bodyfile::remove(&f);
+        }
         let Some(api) = c.api.clone() else { return };
-        let reply = match r.result {
+        let reply = match r.result.and_then(unspill_reply) {
             Ok(obj) => obj,
             Err(e) => {
                 if !matches!(e, CallError::PluginError(_)) || !pending.fail_open {
@@ -1467,6 +1480,7 @@ impl Worker {
                 response: None,
                 session: state.session.take(),
                 pending: None,
+                spilled: None,
             };
             let out = chain::apply_request_reply(pending.hook, &api, &view, &mut work, reply);
             state.edits = work.edits;
@@ -1524,7 +1538,7 @@ impl Worker {
         };
         let obj =
             chain::response_object(def, &api, &view, c.req.session.as_deref(), resp, send_body);
-        self.dispatch(ci, HookType::Response, def, &obj);
+        self.dispatch(ci, HookType::Response, def, obj);
     }
 
     /// Queues a complete gateway-built response and moves to flushing it.
@@ -1557,6 +1571,56 @@ impl Worker {
         let at = self.now + self.snapshot.gateway.limits.write_timeout;
         c.arm(Deadline::Write, at);
     }
+}
+
+/// Moves a request (or response) body of at least `threshold` bytes out of the object into a body
+/// file; returns the file to delete once the call is answered.
+fn spill_large_body(
+    obj: &mut crate::coprocess::object::Object,
+    threshold: usize,
+) -> Option<crate::coprocess::object::RawBodyFile> {
+    use crate::coprocess::bodyfile;
+    let big = |b: &Option<serde_bytes::ByteBuf>| b.as_ref().is_some_and(|b| b.len() >= threshold);
+    let (body, file) = if obj.response.as_ref().is_some_and(|r| big(&r.raw_body)) {
+        let r = obj.response.as_mut()?;
+        (&mut r.raw_body, &mut r.raw_body_file)
+    } else if obj.request.as_ref().is_some_and(|r| big(&r.raw_body)) {
+        let r = obj.request.as_mut()?;
+        (&mut r.raw_body, &mut r.raw_body_file)
+    } else {
+        return None;
+    };
+    match bodyfile::spill(body.as_ref()?) {
+        Ok(f) => {
+            *body = None;
+            *file = Some(f.clone());
+            Some(f)
+        }
+        Err(e) => {
+            tracing::warn!("cannot write body file, sending the body inline: {e}");
+            None
+        }
+    }
+}
+
+/// Replaces a `raw_body_file` in a plugin's reply by the bytes it names.
+fn unspill_reply(
+    mut obj: crate::coprocess::object::Object,
+) -> Result<crate::coprocess::object::Object, CallError> {
+    use crate::coprocess::bodyfile;
+    if let Some(r) = obj.request.as_mut() {
+        if let Some(f) = r.raw_body_file.take() {
+            let bytes = bodyfile::take(&f).map_err(|e| CallError::Protocol(e.to_string()))?;
+            r.raw_body = Some(serde_bytes::ByteBuf::from(bytes));
+        }
+    }
+    if let Some(r) = obj.response.as_mut() {
+        if let Some(f) = r.raw_body_file.take() {
+            let bytes = bodyfile::take(&f).map_err(|e| CallError::Protocol(e.to_string()))?;
+            r.raw_body = Some(serde_bytes::ByteBuf::from(bytes));
+        }
+    }
+    Ok(obj)
 }
 
 /// Whether `api`'s hooks go to the pipe child.

@@ -3,7 +3,10 @@
 only, no SDK). Each hook name is one scenario; replies go out of order from a thread pool.
 
 Environment: SCENARIO_LOG (optional file) gets one line per dispatch "hook_type hook_name".
+Query parameters steer some scenarios (Override: status, response_body, override; Slow and Freeze:
+sleep seconds).
 """
+import json
 import os
 import struct
 import sys
@@ -99,8 +102,79 @@ def hook(obj):
     if name == "Spec":
         spec = obj.get("spec") or {}
         return {"request": {"set_headers": {"X-Api-Id": spec.get("APIID", ""),
-                                            "X-Config-Data": spec.get("config_data", "")}}}
+                                            "X-Config-Data": spec.get("config_data", ""),
+                                            "X-Org-Id": spec.get("OrgID", ""),
+                                            "X-Bundle-Hash": spec.get("bundle_hash", ""),
+                                            "X-Has-Config-Data": str("config_data" in spec).lower(),
+                                            "X-Spec-Keys": ",".join(sorted(spec))}}}
+    if name == "Inspect":
+        # The whole object as JSON (raw_body described, not copied) in one header, so a test can
+        # check every field the gateway sent.
+        return {"request": {"set_headers": {"X-Inspect": json.dumps(describe(obj), sort_keys=True)}}}
+    if name == "InspectResp":
+        # Response hook: the response body becomes the JSON description of the object.
+        return {"response": {"raw_body": json.dumps(describe(obj), sort_keys=True).encode()}}
+    if name == "BodyStrOnly":
+        # Only the `body` string changes: the gateway must ignore it (raw_body is authoritative).
+        return {"request": {"body": "changed through body only"}}
+    if name == "BadUrl":
+        return {"request": {"url": "not a request uri"}}
+    if name == "NewBody":
+        # Response hook changing only raw_body (Tyk's testResponseHook).
+        return {"response": {"raw_body": b"newbody"}}
+    if name == "EchoWhole":
+        # Tyk gRPC style: the whole object comes back, with one change.
+        req.setdefault("set_headers", {})["X-Whole"] = "1"
+        if obj.get("response") is not None:
+            obj["response"].setdefault("headers", {})["X-Whole-Resp"] = "1"
+        return obj
+    if name == "Noop":
+        return {}
+    if name == "Freeze":
+        # Holds the output lock: no reply of any call goes out while it sleeps (a hung child).
+        with out_lock:
+            time.sleep(float((req.get("params") or {}).get("sleep", "30")))
+        return {}
+    if name == "SetLower":
+        # Lower-case names: set_headers is canonicalized and delete_headers matches any case.
+        return {"request": {"set_headers": {"x-lower-set": "v"}, "delete_headers": ["x-remove-me"]}}
+    if name == "RespDrop":
+        # Tyk's header sync: multivalue entries whose key is not in `headers` are dropped.
+        return {"response": {"headers": {"X-Only": "1"}}}
+    if name == "Inject":
+        # CR/LF in a header value or name must never reach the wire as extra header lines.
+        return {"request": {"set_headers": {"X-Evil": "a\r\nInjected: yes",
+                                            "Bad Name\r\nInjected2": "v",
+                                            "X-Fine": "fine"}}}
+    if name == "InjectUrl":
+        # A url carrying a request line break (Go's url parser refuses control characters).
+        return {"request": {"url": "/x HTTP/1.1\r\nInjected: yes\r\nX-Tail: /y"}}
+    if name == "SpaceUrl":
+        # A url with a space, which Go escapes (%20) when it writes the request line.
+        return {"request": {"url": "/a b"}}
+    if name == "InjectResp":
+        resp = obj.get("response") or {}
+        rh = dict(resp.get("headers") or {})
+        rh["X-Evil"] = "a\r\nInjected: yes"
+        return {"response": {"headers": rh}}
+    if name == "InjectOverride":
+        return {"request": {"return_overrides": {"response_code": 200, "response_body": "ok",
+                                                  "headers": {"X-Evil": "a\r\nInjected: yes",
+                                                              "X-Fine": "fine"}}}}
+    if name == "Pid":
+        return {"request": {"set_headers": {"X-Plugin-Pid": str(os.getpid())}}}
     return {}
+
+
+def describe(obj):
+    """A JSON-able copy of `obj`: bytes become {"bin": len} (so the type is visible too)."""
+    if isinstance(obj, dict):
+        return {str(k): describe(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [describe(v) for v in obj]
+    if isinstance(obj, (bytes, bytearray)):
+        return {"bin": len(obj), "text": obj.decode("utf-8", "replace")[:200]}
+    return obj
 
 
 def handle(msg):
