@@ -4,6 +4,8 @@
 //! the head, [`config`] routes it to an API definition, the [`middleware`] chain runs the API's plugin
 //! hooks through `coprocess`, and [`proxy`] forwards it to the upstream and streams the answer back.
 
+pub mod admin;
+pub mod bundle;
 pub mod config;
 pub mod coprocess;
 pub mod demo;
@@ -11,3 +13,4 @@ pub mod http;
 pub mod middleware;
 pub mod proxy;
 pub mod server;
+pub mod store;

@@ -68,6 +68,9 @@ const BACKOFF_BASE: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// How long a `DispatchEvent` may take before it is given up (events have no caller waiting).
 const EVENT_TIMEOUT: Duration = Duration::from_secs(30);
+/// A connection that closes this soon after opening, before the server answered anything,
+/// counts as a failed connect for the backoff.
+const QUICK_CLOSE: Duration = Duration::from_secs(1);
 /// A call cancelled this close to its deadline timed out.
 const DEADLINE_SLACK: Duration = Duration::from_millis(5);
 /// Deadline of the connection probe.
@@ -273,9 +276,32 @@ struct PendingTable {
 /// Reconnect backoff: a connect is only attempted once `next_attempt` has passed, so calls during
 /// an outage fail fast instead of each dialling.
 struct Backoff {
+    /// Consecutive failures: failed connects, and connections that closed right after opening
+    /// (a target that is not a gRPC server). Reset when the server answers.
     failures: u32,
     next_attempt: Instant,
     last_error: String,
+}
+
+impl Backoff {
+    /// Records a failure, schedules the next attempt and logs: a warning for the first failure
+    /// of an outage, debug lines after that (no log line per call or per attempt).
+    fn fail(&mut self, target: &Target, what: &str) {
+        self.failures = self.failures.saturating_add(1);
+        let delay = backoff_delay(self.failures);
+        self.next_attempt = Instant::now() + delay;
+        self.last_error = what.to_string();
+        if self.failures == 1 {
+            tracing::warn!(
+                "gRPC plugin server {target}: {what}; retrying with backoff (up to {BACKOFF_MAX:?});                  hook calls fail until it answers (check that the server runs and that                  coprocess_grpc_server points at it)"
+            );
+        } else {
+            tracing::debug!(
+                "gRPC plugin server {target} still down (failure {}): {what}; next attempt in {delay:?}",
+                self.failures
+            );
+        }
+    }
 }
 
 /// What the connector knows about the connection; shared with the probe task.
@@ -283,6 +309,8 @@ struct ConnState {
     target: Target,
     /// Open connections (0 or 1 in practice: the channel keeps one).
     live: AtomicUsize,
+    /// The server has answered on the current connection.
+    answered: AtomicBool,
     backoff: Mutex<Backoff>,
     /// Signalled when a connection closes (the probe task reconnects).
     lost: Notify,
@@ -316,47 +344,20 @@ impl ConnState {
         };
         match result {
             Ok(io) => {
-                let failures = {
-                    let mut b = self.backoff.lock();
-                    let f = b.failures;
-                    b.failures = 0;
-                    b.next_attempt = Instant::now();
-                    f
-                };
                 self.live.fetch_add(1, Ordering::AcqRel);
-                if failures > 0 {
-                    tracing::info!(
-                        "gRPC plugin server {} reachable again after {failures} failed connect attempt(s)",
-                        self.target
-                    );
-                } else {
-                    tracing::debug!("connected to gRPC plugin server {}", self.target);
-                }
+                tracing::debug!("connected to gRPC plugin server {}", self.target);
                 Ok(hyper_util::rt::TokioIo::new(PluginStream {
                     io,
-                    _live: LiveGuard(Arc::clone(&self)),
+                    _live: LiveGuard {
+                        state: Arc::clone(&self),
+                        opened: Instant::now(),
+                    },
                 }))
             }
             Err(e) => {
-                let mut b = self.backoff.lock();
-                b.failures = b.failures.saturating_add(1);
-                let delay = backoff_delay(b.failures);
-                b.next_attempt = Instant::now() + delay;
-                b.last_error = e.to_string();
-                if b.failures == 1 {
-                    tracing::warn!(
-                        "cannot connect to gRPC plugin server {}: {e}; retrying with backoff (up to \
-                         {BACKOFF_MAX:?}); hook calls fail until it is reachable (check that the \
-                         server runs and coprocess_grpc_server points at it)",
-                        self.target
-                    );
-                } else {
-                    tracing::debug!(
-                        "gRPC plugin server {} still unreachable (attempt {}): {e}; next in {delay:?}",
-                        self.target,
-                        b.failures
-                    );
-                }
+                self.backoff
+                    .lock()
+                    .fail(&self.target, &format!("cannot connect: {e}"));
                 Err(e)
             }
         }
@@ -372,6 +373,25 @@ impl ConnState {
             }
             Target::Unix(path) => Ok(Io::Unix(UnixStream::connect(path).await?)),
         }
+    }
+
+    /// The server answered (a call or the probe): the outage, if any, is over.
+    fn mark_answered(&self) {
+        // A plain load first: this runs on every successful call.
+        if self.answered.load(Ordering::Acquire) || self.answered.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let mut b = self.backoff.lock();
+        if b.failures > 0 {
+            tracing::info!(
+                "gRPC plugin server {} answers again (after {} failure(s))",
+                self.target,
+                b.failures
+            );
+        } else {
+            tracing::debug!("gRPC plugin server {} answers", self.target);
+        }
+        b.failures = 0;
     }
 
     /// How long until a connect may be attempted (zero = now).
@@ -396,19 +416,37 @@ fn backoff_delay(failures: u32) -> Duration {
     base.saturating_sub(jitter)
 }
 
-/// Decrements the live-connection count when the connection's stream is dropped (the HTTP/2
-/// connection ended), and wakes the probe task to reconnect.
-struct LiveGuard(Arc<ConnState>);
+/// Tracks one open connection: when its stream is dropped (the HTTP/2 connection ended) it
+/// updates the state and wakes the probe task to reconnect.
+struct LiveGuard {
+    state: Arc<ConnState>,
+    opened: Instant,
+}
 
 impl Drop for LiveGuard {
     fn drop(&mut self) {
-        if self.0.live.fetch_sub(1, Ordering::AcqRel) == 1 {
+        let st = &self.state;
+        st.live.fetch_sub(1, Ordering::AcqRel);
+        let answered = st.answered.swap(false, Ordering::AcqRel);
+        let lived = self.opened.elapsed();
+        if !answered && lived < QUICK_CLOSE {
+            // Accepted and closed without ever answering: something that is not a gRPC server
+            // (or one that refuses us). Back off as for a failed connect.
+            st.backoff.lock().fail(
+                &st.target,
+                &format!(
+                    "the connection closed {} ms after opening without an answer (is it a \
+                     gRPC server? plaintext HTTP/2 is expected)",
+                    lived.as_millis()
+                ),
+            );
+        } else {
             tracing::warn!(
                 "connection to gRPC plugin server {} closed; reconnecting",
-                self.0.target
+                st.target
             );
         }
-        self.0.lost.notify_one();
+        st.lost.notify_one();
     }
 }
 
@@ -554,6 +592,7 @@ impl GrpcClient {
         let conn = Arc::new(ConnState {
             target: target.clone(),
             live: AtomicUsize::new(0),
+            answered: AtomicBool::new(false),
             backoff: Mutex::new(Backoff {
                 failures: 0,
                 next_attempt: Instant::now(),
@@ -642,14 +681,14 @@ impl GrpcClient {
         let inner = &self.inner;
         let id = inner.next_id.fetch_add(1, Ordering::Relaxed);
         if deadline <= Instant::now() {
-            inner.answer_now(worker, id, tag, Err(CallError::Timeout));
+            inner.answer(id, worker, tag, Err(CallError::Timeout));
             return id;
         }
         let msg = pb::Object::from(object);
         let body_files = BodyFiles::of(object);
         if body_files.is_none() {
             if let Err(e) = inner.check_send_size(&msg) {
-                inner.answer_now(worker, id, tag, Err(e));
+                inner.answer(id, worker, tag, Err(e));
                 return id;
             }
         }
@@ -657,7 +696,7 @@ impl GrpcClient {
             let mut table = inner.pending.lock();
             if table.closed {
                 drop(table);
-                inner.answer_now(worker, id, tag, Err(CallError::Unavailable));
+                inner.answer(id, worker, tag, Err(CallError::Unavailable));
                 return id;
             }
             table.calls.insert(
@@ -703,6 +742,11 @@ impl GrpcClient {
             req.set_timeout(EVENT_TIMEOUT);
             match tokio::time::timeout(EVENT_TIMEOUT, client.dispatch_event(req)).await {
                 Ok(Ok(_)) => {}
+                // An outage is logged once by the connector, not once per event.
+                Ok(Err(status)) if status.code() == Code::Unavailable => tracing::debug!(
+                    "gRPC plugin server {target} down; event dropped: {}",
+                    describe_status(&status)
+                ),
                 Ok(Err(status)) => tracing::warn!(
                     "gRPC plugin server {target}: DispatchEvent failed: {}",
                     describe_status(&status)
@@ -721,11 +765,14 @@ impl GrpcClient {
         true
     }
 
-    /// Whether the channel is connected, as far as the client knows (a connection is open; a
-    /// server that died without closing it is noticed on the next call).
+    /// Whether the channel is connected, as far as the client knows: a connection is open and the
+    /// server has answered on it (a call or the background probe). A server that died without
+    /// closing the connection is noticed on the next call.
     pub fn is_healthy(&self) -> bool {
+        let conn = &self.inner.conn;
         !self.inner.shutting_down.load(Ordering::Acquire)
-            && self.inner.conn.live.load(Ordering::Acquire) > 0
+            && conn.live.load(Ordering::Acquire) > 0
+            && conn.answered.load(Ordering::Acquire)
     }
 
     /// Stops the client: every pending call is answered [`CallError::Unavailable`], later calls
@@ -758,12 +805,7 @@ impl Drop for GrpcClient {
 }
 
 impl Inner {
-    /// Answers a call that never entered the pending table.
-    fn answer_now(&self, worker: usize, id: u64, tag: u64, result: Result<Object, CallError>) {
-        self.answer(id, worker, tag, result);
-    }
-
-    /// Delivers a reply and wakes the worker.
+    /// Delivers a reply and wakes the worker (callers make sure each call is answered once).
     fn answer(&self, call_id: u64, worker: usize, tag: u64, result: Result<Object, CallError>) {
         let workers = self.workers.read();
         let Some(slot) = workers.get(worker) else {
@@ -948,46 +990,51 @@ async fn run_call(
     inner.finish(id, result);
 }
 
-/// Keeps the channel connected: probes at start and after every disconnect (respecting the
-/// connect backoff) until a connection is open, then sleeps until it closes.
+/// Keeps the channel connected: after start and after every disconnect, probes (respecting the
+/// connect backoff) until the server answers, then sleeps until the connection closes.
 async fn keep_connected(inner: Arc<Inner>) {
     let path = tonic::codegen::http::uri::PathAndQuery::from_static(PROBE_PATH);
     loop {
-        if inner.shutting_down.load(Ordering::Acquire) {
-            return;
-        }
-        if inner.conn.live.load(Ordering::Acquire) > 0 {
-            // `Notify` keeps one permit, so a close between the check and the wait is not lost.
-            inner.conn.lost.notified().await;
-            continue;
-        }
-        let wait = inner.conn.wait_before_attempt();
-        if !wait.is_zero() {
-            tokio::time::sleep(wait).await;
-        }
-        let mut grpc = tonic::client::Grpc::new(inner.channel.clone());
-        let probe = async {
-            grpc.ready()
-                .await
-                .map_err(|e| Status::unavailable(e.to_string()))?;
-            let codec =
-                tonic_prost::ProstCodec::<HealthCheckRequest, HealthCheckResponse>::default();
-            let mut req = tonic::Request::new(HealthCheckRequest {
-                service: String::new(),
-            });
-            req.set_timeout(PROBE_TIMEOUT);
-            grpc.unary(req, path.clone(), codec).await
-        };
-        match tokio::time::timeout(PROBE_TIMEOUT, probe).await {
-            Ok(Err(status)) if status.code() == Code::Unavailable => {
-                // The connector logged it and set the backoff; loop to wait it out.
-                if inner.conn.wait_before_attempt().is_zero() {
-                    tokio::time::sleep(BACKOFF_BASE).await;
+        loop {
+            if inner.shutting_down.load(Ordering::Acquire) {
+                return;
+            }
+            let wait = inner.conn.wait_before_attempt();
+            if !wait.is_zero() {
+                tokio::time::sleep(wait).await;
+            }
+            let mut grpc = tonic::client::Grpc::new(inner.channel.clone());
+            let probe = async {
+                grpc.ready()
+                    .await
+                    .map_err(|e| Status::unavailable(e.to_string()))?;
+                let codec =
+                    tonic_prost::ProstCodec::<HealthCheckRequest, HealthCheckResponse>::default();
+                let mut req = tonic::Request::new(HealthCheckRequest {
+                    service: String::new(),
+                });
+                req.set_timeout(PROBE_TIMEOUT);
+                grpc.unary(req, path.clone(), codec).await
+            };
+            match tokio::time::timeout(PROBE_TIMEOUT, probe).await {
+                // Any answer from the server, even UNIMPLEMENTED, means it is there.
+                Ok(Ok(_)) => break,
+                Ok(Err(status))
+                    if !is_transport_error(&status) && status.code() != Code::Unavailable =>
+                {
+                    break
+                }
+                // The connector logged and scheduled the next attempt; wait for it.
+                _ => {
+                    if inner.conn.wait_before_attempt().is_zero() {
+                        tokio::time::sleep(BACKOFF_BASE).await;
+                    }
                 }
             }
-            Ok(_) => {}
-            Err(_) => tokio::time::sleep(BACKOFF_BASE).await,
         }
+        inner.conn.mark_answered();
+        // `Notify` keeps a permit, so a close that happened meanwhile is not missed.
+        inner.conn.lost.notified().await;
     }
 }
 

@@ -1,0 +1,141 @@
+#!/usr/bin/env bash
+# Side-by-side load harness: nginx proxy_pass, nginx + an njs header hook, and pipegate without a
+# plugin and with the same header added by a pipe plugin (Rust SDK, Python runner) and, when a gRPC
+# server is available, by a gRPC plugin. All proxy to ONE shared upstream (nginx answering a small
+# static body), run alternately for several rounds, and the medians are printed with their ratio to
+# nginx proxy_pass.
+#
+#   benches/loadtest.sh                 # defaults: 3 rounds x 5 s, 32 connections, 1 worker each
+#   ROUNDS=5 DURATION=10 CONNS=64 WORKERS=2 benches/loadtest.sh
+#
+# Needs nginx (Debian's nginx-light + libnginx-mod-http-js), wrk and python3 with msgpack; installs
+# them with apt/pip when missing and running as root. Everything listens on 127.0.0.1 only.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROUNDS=${ROUNDS:-3}
+DURATION=${DURATION:-5}
+CONNS=${CONNS:-32}
+WORKERS=${WORKERS:-1}
+BASE=${BASE_PORT:-19100}
+
+if ! command -v wrk >/dev/null || ! command -v nginx >/dev/null || [ ! -e /usr/lib/nginx/modules/ngx_http_js_module.so ]; then
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk nginx-light libnginx-mod-http-js >/dev/null
+fi
+python3 -c 'import msgpack' 2>/dev/null || python3 -m pip install -q msgpack
+
+cargo build --release -q
+cargo build --release -q -p pipegate-plugin --example add_header
+BIN=$PWD/target/release/pipegate
+RUST_PLUGIN=$PWD/target/release/examples/add_header
+
+WORK=$(mktemp -d /tmp/pipegate-load.XXXXXX)
+PIDS=()
+cleanup() {
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+UP=$BASE; NGX=$((BASE+1)); NJS=$((BASE+2)); PG=$((BASE+3))
+
+cat > "$WORK/upstream.conf" <<EOF
+worker_processes 1; daemon off; pid $WORK/up.pid; error_log $WORK/up.err;
+events { worker_connections 8192; }
+http { access_log off;
+  server { listen 127.0.0.1:$UP; location / { return 200 "hello from the upstream\n"; } } }
+EOF
+cat > "$WORK/hook.js" <<'EOF'
+function header(r) { return "1"; }
+export default { header };
+EOF
+cat > "$WORK/proxy.conf" <<EOF
+load_module /usr/lib/nginx/modules/ngx_http_js_module.so;
+worker_processes $WORKERS; daemon off; pid $WORK/px.pid; error_log $WORK/px.err;
+events { worker_connections 8192; }
+http { access_log off; js_import hook from $WORK/hook.js; js_set \$hook_header hook.header;
+  upstream up { server 127.0.0.1:$UP; keepalive 128; }
+  server { listen 127.0.0.1:$NGX;
+    location / { proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection ""; } }
+  server { listen 127.0.0.1:$NJS;
+    location / { proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection "";
+                 proxy_set_header X-Hook \$hook_header; } } }
+EOF
+nginx -c "$WORK/upstream.conf" & PIDS+=($!)
+nginx -c "$WORK/proxy.conf" & PIDS+=($!)
+
+mkdir -p "$WORK/apps"
+cat > "$WORK/plugin.py" <<'EOF'
+from tyk.decorators import *
+@Hook
+def AddHeader(request, session, spec):
+    request.add_header("X-Hook", "1")
+    return request, session
+EOF
+api() { # name listen_path hooks_json
+  cat > "$WORK/apps/$1.json" <<EOF
+{"api_id":"$1","name":"$1","org_id":"bench","use_keyless":true,
+ "proxy":{"listen_path":"$2","target_url":"http://127.0.0.1:$UP/","strip_listen_path":true},
+ "custom_middleware":{"driver":"python","pre":$3}}
+EOF
+}
+api plain /plain/ '[]'
+api hook /hook/ '[{"name":"AddHeader"}]'
+
+start_gw() { # port pipe_command_json
+  local dir="$WORK/gw-$1"; mkdir -p "$dir"; cp -r "$WORK/apps" "$dir/"
+  cat > "$dir/tyk.conf" <<EOF
+{"listen_address":"127.0.0.1","listen_port":$1,"app_path":"apps/","pipegate":{"workers":$WORKERS},
+ "coprocess_options":{"enable_coprocess":true,"pipe_command":$2,
+   "pipe_env":{"PYTHONPATH":"$PWD/protocol/python"}}}
+EOF
+  "$BIN" --conf "$dir/tyk.conf" 2>"$dir/log" & PIDS+=($!)
+}
+start_gw $PG "[\"$RUST_PLUGIN\"]"
+start_gw $((PG+1)) "[\"python3\",\"-m\",\"pipegate_plugin\",\"$WORK/plugin.py\"]"
+sleep 2
+
+declare -A URLS=(
+  [nginx_proxy_pass]="http://127.0.0.1:$NGX/"
+  [nginx_njs_hook]="http://127.0.0.1:$NJS/"
+  [pipegate]="http://127.0.0.1:$PG/plain/"
+  [pipegate_rust_hook]="http://127.0.0.1:$PG/hook/"
+  [pipegate_python_hook]="http://127.0.0.1:$((PG+1))/hook/"
+)
+ORDER=(nginx_proxy_pass nginx_njs_hook pipegate pipegate_rust_hook pipegate_python_hook)
+for name in "${ORDER[@]}"; do
+  curl -sf -o /dev/null "${URLS[$name]}" || { echo "$name is not answering at ${URLS[$name]}" >&2; exit 1; }
+done
+
+RESULTS="$WORK/results.txt"
+for r in $(seq 1 "$ROUNDS"); do
+  for name in "${ORDER[@]}"; do
+    out=$(wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency "${URLS[$name]}")
+    rps=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
+    p50=$(echo "$out" | awk '$1=="50%" {print $2}')
+    p99=$(echo "$out" | awk '$1=="99%" {print $2}')
+    echo "$name $rps $p50 $p99" >> "$RESULTS"
+    echo "round $r: $name rps=$rps p50=$p50 p99=$p99"
+  done
+done
+
+python3 - "$RESULTS" <<'EOF'
+import statistics, sys
+def us(v):
+    for suf, f in (("us", 1), ("ms", 1000), ("s", 1e6)):
+        if v.endswith(suf):
+            return float(v[:-len(suf)]) * f
+    return float(v)
+rows = {}
+for line in open(sys.argv[1]):
+    n, rps, p50, p99 = line.split()
+    rows.setdefault(n, []).append((float(rps), us(p50), us(p99)))
+base = statistics.median(r[0] for r in rows["nginx_proxy_pass"])
+njs = statistics.median(r[0] for r in rows["nginx_njs_hook"])
+print("\n%-22s %10s %9s %9s %10s %10s" % ("target", "rps", "p50 us", "p99 us", "vs nginx", "vs njs"))
+for n, rs in rows.items():
+    rps = statistics.median(r[0] for r in rs)
+    print("%-22s %10.0f %9.0f %9.0f %9.2fx %9.2fx" % (
+        n, rps, statistics.median(r[1] for r in rs), statistics.median(r[2] for r in rs),
+        rps / base, rps / njs))
+EOF
