@@ -29,6 +29,9 @@ enum Command {
         #[arg(long, default_value_t = 8080)]
         port: u16,
     },
+    /// Build or verify plugin bundles (Tyk's `tyk bundle` format: manifest.json + zip).
+    #[command(subcommand)]
+    Bundle(BundleCommand),
     /// Run the demo plugin on stdin/stdout (the pipe child that `pipegate demo` starts).
     #[command(hide = true)]
     DemoPlugin,
@@ -39,6 +42,58 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:0")]
         listen: String,
     },
+}
+
+#[derive(Subcommand)]
+enum BundleCommand {
+    /// Build a bundle zip from a manifest (files are read relative to the manifest's folder) and
+    /// sign it with an RSA private key (PKCS#1 v1.5, SHA-256), as `tyk bundle build` does.
+    Build {
+        /// The manifest.
+        #[arg(short = 'm', long = "manifest", default_value = "manifest.json")]
+        manifest: PathBuf,
+        /// RSA private key (PEM) to sign with.
+        #[arg(short = 'k', long = "key")]
+        key: Option<PathBuf>,
+        /// Build an unsigned bundle.
+        #[arg(short = 'y', long = "skip-signing")]
+        skip_signing: bool,
+        /// Output zip.
+        #[arg(short = 'o', long = "output", default_value = "bundle.zip")]
+        output: PathBuf,
+    },
+    /// Check a bundle's checksum and (with -k) its signature, printing what was checked.
+    Verify {
+        /// RSA public key (PEM) to verify the signature with.
+        #[arg(short = 'k', long = "key")]
+        key: Option<PathBuf>,
+        /// The bundle zip.
+        bundle: PathBuf,
+    },
+}
+
+fn bundle_command(cmd: BundleCommand) -> ExitCode {
+    let result = match cmd {
+        BundleCommand::Build {
+            manifest,
+            key,
+            skip_signing,
+            output,
+        } => pipegate::bundle::cli_build(&manifest, key.as_deref(), skip_signing, &output),
+        BundleCommand::Verify { key, bundle } => {
+            pipegate::bundle::cli_verify(key.as_deref(), &bundle)
+        }
+    };
+    match result {
+        Ok(report) => {
+            println!("{report}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("pipegate bundle: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 fn init_logging(json: bool) {
@@ -74,6 +129,7 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Some(Command::Bundle(cmd)) => bundle_command(cmd),
         Some(Command::DemoPlugin) => match pipegate::demo::run_demo_plugin() {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {

@@ -16,6 +16,7 @@
 //! Neither checksum nor signature covers manifest.json itself (Tyk's design): whoever can change
 //! a bundle in transit can change its hooks and driver. Use http only on trusted networks.
 
+mod apply;
 mod build;
 mod crypto;
 mod error;
@@ -25,6 +26,7 @@ mod manifest;
 mod unpack;
 mod verify;
 
+pub use apply::{apply_bundles, bundle_config, Applied};
 pub use build::{build, cli_build, cli_verify, verify, BuildReport};
 pub use crypto::{md5_hex, FileDigest};
 pub use error::BundleError;

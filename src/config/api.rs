@@ -80,6 +80,10 @@ pub struct ApiDefinition {
     pub source: PathBuf,
     /// The definition object exactly as read, for the admin API.
     pub raw: Value,
+    /// Why this API cannot serve (e.g. its plugin bundle failed to load): requests get a JSON 503
+    /// naming no internals, the log names the API, the bundle and the reason. Other APIs are
+    /// unaffected.
+    pub unavailable: Option<String>,
 }
 
 /// An upstream URL taken apart once, so the proxy never parses it per request.
@@ -857,6 +861,7 @@ pub(crate) fn api_from_value(
         do_not_track,
         source: source.to_path_buf(),
         raw: value.clone(),
+        unavailable: None,
     })
 }
 

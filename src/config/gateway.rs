@@ -60,6 +60,8 @@ pub struct GatewayConfig {
     pub bundle_base_url: String,
     /// Skip TLS certificate checks when fetching bundles over https.
     pub bundle_insecure_skip_verify: bool,
+    /// Tyk's `skip_verify_existing_plugin_bundle`: trust bundles already on disk without re-checking.
+    pub skip_verify_existing_plugin_bundle: bool,
     /// PEM public key bundles must be signed with; `None` when unset or empty.
     pub public_key_path: Option<PathBuf>,
     /// Leave out the `X-Generator: tyk.io` style response header.
@@ -181,6 +183,7 @@ const KNOWN_TOP: &[&str] = &[
     "enable_bundle_downloader",
     "bundle_base_url",
     "bundle_insecure_skip_verify",
+    "skip_verify_existing_plugin_bundle",
     "public_key_path",
     "hide_generator_header",
     "close_connections",
@@ -384,6 +387,8 @@ fn gateway_from_value(
     let bundle_base_url = issues.take(top.string("bundle_base_url", ""), String::new());
     let bundle_insecure_skip_verify =
         issues.take(top.bool("bundle_insecure_skip_verify", false), false);
+    let skip_verify_existing_plugin_bundle =
+        issues.take(top.bool("skip_verify_existing_plugin_bundle", false), false);
     let hide_generator_header = issues.take(top.bool("hide_generator_header", false), false);
     let close_connections = issues.take(top.bool("close_connections", false), false);
 
@@ -506,6 +511,7 @@ fn gateway_from_value(
         enable_bundle_downloader,
         bundle_base_url,
         bundle_insecure_skip_verify,
+        skip_verify_existing_plugin_bundle,
         public_key_path: (!public_key_path.is_empty()).then(|| resolve(&base, &public_key_path)),
         hide_generator_header,
         close_connections,

@@ -82,6 +82,8 @@ pub struct RequestState {
     pub session: Option<Box<SessionState>>,
     /// The hook call in flight: (call id, hook type, whether it fails open).
     pub pending: Option<PendingCall>,
+    /// Response hooks will run: the upstream response is buffered for them.
+    pub response_hooks: bool,
     /// A body file written for the call in flight, deleted when it is answered.
     pub spilled: Option<crate::coprocess::object::RawBodyFile>,
 }
@@ -107,6 +109,7 @@ impl RequestState {
         self.response = None;
         self.session = None;
         self.pending = None;
+        self.response_hooks = false;
         if let Some(f) = self.spilled.take() {
             crate::coprocess::bodyfile::remove(&f);
         }

@@ -19,6 +19,7 @@ use parking_lot::Mutex;
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
+use crate::bundle::{self, Applied};
 use crate::config::{self, Snapshot};
 use crate::coprocess::pipe::{PipeClient, PipeOptions};
 
@@ -46,19 +47,16 @@ impl Shared {
     /// Re-reads tyk.conf and the API definitions and swaps them in. On error the running
     /// configuration stays and every problem is logged.
     pub fn reload(&self) -> Result<usize, String> {
-        match config::load_snapshot(&self.conf_path) {
-            Ok(snap) => {
+        match load_config(&self.conf_path) {
+            Ok((snap, bundles)) => {
                 let n = snap.apis.len();
+                // The plugin learns about new bundles before any request can use them.
+                announce_bundles(self.pipe.as_deref(), &snap, &bundles);
                 self.snapshot.store(Arc::new(snap));
                 tracing::info!(apis = n, "configuration reloaded");
                 Ok(n)
             }
-            Err(errs) => {
-                let msg = errs
-                    .iter()
-                    .map(|e| e.to_string())
-                    .collect::<Vec<_>>()
-                    .join("; ");
+            Err(msg) => {
                 tracing::error!("reload failed, keeping the running configuration: {msg}");
                 Err(msg)
             }
@@ -68,6 +66,47 @@ impl Shared {
     fn wake_all(&self) {
         for w in self.wakers.lock().iter() {
             let _ = w.wake();
+        }
+    }
+}
+
+/// Loads tyk.conf and the API definitions, then their plugin bundles (which may download).
+pub fn load_config(conf_path: &std::path::Path) -> Result<(Snapshot, Vec<Applied>), String> {
+    let join = |errs: Vec<config::ConfigError>| {
+        errs.iter()
+            .map(|e| e.to_string())
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    let gw = config::load_gateway_all(conf_path).map_err(join)?;
+    let mut apis = config::load_apis(&gw).map_err(join)?;
+    let applied = bundle::apply_bundles(&gw, &mut apis);
+    Ok((
+        Snapshot::new(Arc::new(gw), apis.into_iter().map(Arc::new).collect()),
+        applied,
+    ))
+}
+
+/// Sends `load_bundle` to the plugin process for every bundle of a pipe-driver API (the pipe
+/// client re-sends them to a restarted child). A bundle the plugin refuses is logged; its hooks
+/// then fail with the plugin's error like any other failed hook.
+fn announce_bundles(pipe: Option<&PipeClient>, snap: &Snapshot, bundles: &[Applied]) {
+    let Some(pipe) = pipe else { return };
+    for b in bundles {
+        let Some(api) = snap.api_by_id(&b.api_id) else {
+            continue;
+        };
+        if api.custom_middleware.driver.eq_ignore_ascii_case("grpc") {
+            continue;
+        }
+        if let Err(e) = pipe.load_bundle(
+            &b.api_id,
+            &b.bundle.hash,
+            &b.bundle.dir,
+            &b.bundle.manifest_json,
+            std::time::Duration::from_secs(10),
+        ) {
+            tracing::error!(api = %b.api_id, dir = %b.bundle.dir.display(), "plugin did not load the bundle: {e}");
         }
     }
 }
@@ -124,7 +163,11 @@ impl Running {
 }
 
 /// Loads the configuration at `conf_path` and starts the workers.
-pub fn start(conf_path: PathBuf, snapshot: Snapshot) -> Result<Running, String> {
+pub fn start(
+    conf_path: PathBuf,
+    snapshot: Snapshot,
+    bundles: Vec<Applied>,
+) -> Result<Running, String> {
     let gw = Arc::clone(&snapshot.gateway);
     let host = if gw.listen_address.is_empty() {
         "0.0.0.0"
@@ -161,6 +204,7 @@ pub fn start(conf_path: PathBuf, snapshot: Snapshot) -> Result<Running, String> 
     } else {
         None
     };
+    announce_bundles(pipe.as_deref(), &snapshot, &bundles);
     let shared = Arc::new(Shared {
         snapshot: ArcSwap::from_pointee(snapshot),
         shutdown: AtomicBool::new(false),
@@ -198,15 +242,10 @@ pub fn start(conf_path: PathBuf, snapshot: Snapshot) -> Result<Running, String> 
 /// Runs the gateway until SIGTERM/SIGINT, reloading on SIGHUP. Returns once every in-flight
 /// request has finished or the grace period ran out.
 pub fn run(conf_path: PathBuf) -> Result<(), String> {
-    let snapshot = config::load_snapshot(&conf_path).map_err(|errs| {
-        errs.iter()
-            .map(|e| e.to_string())
-            .collect::<Vec<_>>()
-            .join("\n")
-    })?;
+    let (snapshot, bundles) = load_config(&conf_path)?;
     let mut signals = Signals::new([SIGHUP, SIGINT, SIGTERM])
         .map_err(|e| format!("cannot install signal handlers: {e}"))?;
-    let running = start(conf_path, snapshot)?;
+    let running = start(conf_path, snapshot, bundles)?;
     let shared = Arc::clone(running.shared());
     let handle = signals.handle();
     let sig_thread = thread::spawn(move || {

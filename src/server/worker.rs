@@ -644,12 +644,24 @@ impl Worker {
                 return;
             }
         };
+        if api.unavailable.is_some() {
+            self.local_error(
+                ci,
+                503,
+                "This API is unavailable: its plugin bundle could not be loaded",
+                false,
+            );
+            return;
+        }
         let transport = self.transport_for(&api);
-        let hooked = transport != Transport::Off
-            && (chain::has_request_hooks(&api, &|h| self.hook_active(&api, h))
-                || chain::has_response_hooks(&api, &|h| self.hook_active(&api, h)));
+        let response_hooks = transport != Transport::Off
+            && chain::has_response_hooks(&api, &|h| self.hook_active(&api, h));
+        let hooked = response_hooks
+            || (transport != Transport::Off
+                && chain::has_request_hooks(&api, &|h| self.hook_active(&api, h)));
         let c = &mut self.conns[ci];
         c.api = Some(Arc::clone(&api));
+        c.req.response_hooks = response_hooks;
         if transport == Transport::Missing && hooked_any(&api) {
             tracing::error!(api = %api.api_id, driver = %api.custom_middleware.driver,
                 "API has plugin hooks but no transport serves driver; answering 500");
@@ -691,10 +703,10 @@ impl Worker {
     /// Whether a hook is called: plugins on, a transport for the API, and the plugin implements it.
     fn hook_active(&self, api: &ApiDefinition, h: &HookDef) -> bool {
         match self.transport_for(api) {
-            Transport::Pipe => self
-                .pipe
-                .as_ref()
-                .is_some_and(|(p, _)| p.implements(&h.name)),
+            // A bundle's hooks are announced to the plugin by load_bundle, not in its hello.
+            Transport::Pipe => self.pipe.as_ref().is_some_and(|(p, _)| {
+                !api.custom_middleware_bundle.is_empty() || p.implements(&h.name)
+            }),
             _ => false,
         }
     }
@@ -1154,16 +1166,7 @@ impl Worker {
             if c.resp_kind == BodyKind::UntilClose || c.resp_decode {
                 c.close_after = true;
             }
-            let buffer = c.api.as_ref().is_some_and(|api| {
-                self.pipe.is_some()
-                    && chain::has_response_hooks(api, &|h| {
-                        transport_is_pipe(&self.snapshot.gateway, api)
-                            && self
-                                .pipe
-                                .as_ref()
-                                .is_some_and(|(p, _)| p.implements(&h.name))
-                    })
-            });
+            let buffer = c.req.response_hooks;
             if buffer {
                 c.resp_buffer = true;
                 c.resp_decode = c.resp_kind == BodyKind::Chunked;
@@ -1475,12 +1478,9 @@ impl Worker {
             let mut work = chain::RequestState {
                 phase: state.phase,
                 edits: state.edits.clone(),
-                body: Vec::new(),
                 body_buffered: state.body_buffered,
-                response: None,
                 session: state.session.take(),
-                pending: None,
-                spilled: None,
+                ..Default::default()
             };
             let out = chain::apply_request_reply(pending.hook, &api, &view, &mut work, reply);
             state.edits = work.edits;
@@ -1621,11 +1621,6 @@ fn unspill_reply(
         }
     }
     Ok(obj)
-}
-
-/// Whether `api`'s hooks go to the pipe child.
-fn transport_is_pipe(gw: &GatewayConfig, api: &ApiDefinition) -> bool {
-    gw.coprocess.enable_coprocess && !api.custom_middleware.driver.eq_ignore_ascii_case("grpc")
 }
 
 /// Whether the API names any hook at all.
