@@ -1102,14 +1102,34 @@ fn truncated_chunked_upstream_response_is_not_completed_for_the_client() {
 
 #[test]
 fn upstream_dropping_the_connection_in_its_head_is_502() {
-    // The echo upstream's reset=1 writes part of a response head and closes.
-    let env = EchoEnv::start("reset-head", json!({}));
-    let mut c = env.gw.client();
-    c.send(&req("GET", "/echo/x?reset=1").to_bytes());
+    // The upstream writes part of a response head and closes.
+    let up = ScriptedUpstream::start(|mut conn: UpConn| {
+        if conn.read_request().is_some() {
+            let _ = conn.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/pl");
+        }
+    });
+    let sandbox = Sandbox::new("reset-head");
+    sandbox.write_conf(&conf_with(json!({})));
+    sandbox.write_api("t", &keyless_api("t", "/t/", &format!("{}/", up.url())));
+    let gw = Gateway::start(&sandbox);
+    let mut c = gw.client();
+    c.send(&req("GET", "/t/x").to_bytes());
     let r = c
         .try_read_response(false)
         .unwrap_or_else(|e| panic!("expected a 502, got no response: {e}"));
     r.assert_tyk_error(502);
+}
+
+#[test]
+fn echo_upstream_reset_mid_body_closes_the_client_connection() {
+    // reset=1: a head promising more body than is sent, then a TCP reset.
+    let env = EchoEnv::start("reset-body", json!({}));
+    let mut c = env.gw.client();
+    c.send(&req("GET", "/echo/x?reset=1").to_bytes());
+    match c.try_read_response(false) {
+        Ok(r) => panic!("a truncated response was completed: {r:?}"),
+        Err(e) => assert_ne!(e.kind(), ErrorKind::TimedOut, "client connection hung: {e}"),
+    }
 }
 
 #[test]

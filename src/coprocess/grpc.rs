@@ -59,7 +59,7 @@ use tonic::{Code, Status};
 pub const DEFAULT_RECV_MAX: usize = 4 << 20;
 /// Threads of the private runtime. One is enough: the runtime only moves bytes between the
 /// socket and the workers' channels, and this machine class has 2 cores shared with workers.
-const RUNTIME_THREADS: usize = 2;
+const RUNTIME_THREADS: usize = 1;
 /// Longest wait for one TCP or Unix connect.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// First reconnect delay after a failed connect; doubled per consecutive failure.

@@ -27,8 +27,10 @@ pub enum Phase {
     Start,
     /// Running `pre` hooks.
     Pre(usize),
-    /// Running the `auth_check` hook.
+    /// Authentication (plugin `auth_check` or standard token auth).
     Auth,
+    /// Enforcing the authenticated session (expiry, access rights, rate limit, quota).
+    Enforce,
     /// Running `post_key_auth` hooks.
     PostKeyAuth(usize),
     /// Running `post` hooks.
@@ -84,6 +86,14 @@ pub struct RequestState {
     pub pending: Option<PendingCall>,
     /// Response hooks will run: the upstream response is buffered for them.
     pub response_hooks: bool,
+    /// The key the session's counters belong to (token, or the ID extractor's session id).
+    pub session_key: Option<String>,
+    /// The ID extractor's session id for the auth hook in flight.
+    pub auth_id: Option<String>,
+    /// Headers added to the response (Tyk's X-RateLimit-*).
+    pub resp_headers: Vec<(String, String)>,
+    /// The request goes to the Gateway API (/tyk/), not through the chain.
+    pub admin: bool,
     /// A body file written for the call in flight, deleted when it is answered.
     pub spilled: Option<crate::coprocess::object::RawBodyFile>,
 }
@@ -110,6 +120,10 @@ impl RequestState {
         self.session = None;
         self.pending = None;
         self.response_hooks = false;
+        self.session_key = None;
+        self.auth_id = None;
+        self.resp_headers.clear();
+        self.admin = false;
         if let Some(f) = self.spilled.take() {
             crate::coprocess::bodyfile::remove(&f);
         }
@@ -121,14 +135,28 @@ impl RequestState {
     }
 }
 
-/// The next request-phase hook to run for `api`, advancing `phase` past it. `None` means the
-/// request goes upstream. `active` tells whether a hook is served at all (plugins on, transport
-/// present, the plugin implements that name).
-pub fn next_request_hook<'a>(
+/// What the chain does next for a request.
+#[derive(Debug, Clone, Copy)]
+pub enum Step<'a> {
+    /// Call this hook (for `CustomKeyCheck`, the caller first consults the ID extractor cache).
+    Hook(HookType, &'a HookDef),
+    /// Tyk's standard token auth (`AuthKey`): a protected API without plugin auth.
+    TokenAuth,
+    /// Enforce the authenticated session.
+    Enforce,
+    /// Proxy the request.
+    Upstream,
+}
+
+/// The next step of the request phases for `api`, advancing `phase` past it. `active` tells
+/// whether a hook is served at all (plugins on, a transport for the API, the plugin implements
+/// it). When plugin auth is configured but not served, the API falls back to token auth, as Tyk
+/// does when rich plugins are disabled.
+pub fn next_step<'a>(
     api: &'a ApiDefinition,
     phase: &mut Phase,
     active: &dyn Fn(&HookDef) -> bool,
-) -> Option<(HookType, &'a HookDef)> {
+) -> Step<'a> {
     let mw = &api.custom_middleware;
     loop {
         match *phase {
@@ -137,7 +165,7 @@ pub fn next_request_hook<'a>(
                 Some(h) => {
                     *phase = Phase::Pre(i + 1);
                     if active(h) {
-                        return Some((HookType::Pre, h));
+                        return Step::Hook(HookType::Pre, h);
                     }
                 }
                 None => {
@@ -149,18 +177,23 @@ pub fn next_request_hook<'a>(
                 }
             },
             Phase::Auth => {
-                *phase = Phase::PostKeyAuth(0);
+                *phase = Phase::Enforce;
                 if let Some(h) = api.auth_hook() {
-                    if api.coprocess_auth && !mw.auth_check_disabled {
-                        return Some((HookType::CustomKeyCheck, h));
+                    if active(h) {
+                        return Step::Hook(HookType::CustomKeyCheck, h);
                     }
                 }
+                return Step::TokenAuth;
+            }
+            Phase::Enforce => {
+                *phase = Phase::PostKeyAuth(0);
+                return Step::Enforce;
             }
             Phase::PostKeyAuth(i) => match mw.post_key_auth.get(i) {
                 Some(h) => {
                     *phase = Phase::PostKeyAuth(i + 1);
                     if active(h) {
-                        return Some((HookType::PostKeyAuth, h));
+                        return Step::Hook(HookType::PostKeyAuth, h);
                     }
                 }
                 None => *phase = Phase::Post(0),
@@ -169,15 +202,15 @@ pub fn next_request_hook<'a>(
                 Some(h) => {
                     *phase = Phase::Post(i + 1);
                     if active(h) {
-                        return Some((HookType::Post, h));
+                        return Step::Hook(HookType::Post, h);
                     }
                 }
                 None => {
                     *phase = Phase::Upstream;
-                    return None;
+                    return Step::Upstream;
                 }
             },
-            Phase::Upstream | Phase::Response(_) => return None,
+            Phase::Upstream | Phase::Response(_) => return Step::Upstream,
         }
     }
 }
@@ -204,7 +237,13 @@ pub fn next_response_hook<'a>(
 /// True when any request-phase hook of `api` will be called, so the body must be buffered first.
 pub fn has_request_hooks(api: &ApiDefinition, active: &dyn Fn(&HookDef) -> bool) -> bool {
     let mut phase = Phase::Start;
-    next_request_hook(api, &mut phase, active).is_some()
+    loop {
+        match next_step(api, &mut phase, active) {
+            Step::Hook(..) => return true,
+            Step::Upstream => return false,
+            Step::TokenAuth | Step::Enforce => {}
+        }
+    }
 }
 
 /// True when any response hook of `api` will be called, so the response must be buffered.

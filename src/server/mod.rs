@@ -35,6 +35,9 @@ pub struct Shared {
     pub wakers: Mutex<Vec<Arc<Waker>>>,
     /// The plugin process, when `coprocess_options.pipe_command` is set.
     pub pipe: Option<Arc<PipeClient>>,
+    /// Sessions, keys, rate limits and quotas (embedded or Redis, from tyk.conf `storage`; a
+    /// change of `storage` takes a restart).
+    pub store: crate::store::Store,
 }
 
 impl Shared {
@@ -205,12 +208,15 @@ pub fn start(
         None
     };
     announce_bundles(pipe.as_deref(), &snapshot, &bundles);
+    let store = crate::store::Store::from_config(&gw)
+        .map_err(|e| format!("{}: storage: {e}", conf_path.display()))?;
     let shared = Arc::new(Shared {
         snapshot: ArcSwap::from_pointee(snapshot),
         shutdown: AtomicBool::new(false),
         conf_path,
         wakers: Mutex::new(Vec::new()),
         pipe,
+        store,
     });
     let mut listeners = vec![first];
     for _ in 1..gw.workers {

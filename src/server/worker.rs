@@ -23,8 +23,11 @@ use crate::coprocess::object::HookType;
 use crate::coprocess::pipe::{PipeClient, WorkerHandle};
 use crate::coprocess::{CallError, HookReply};
 use crate::http::{self, response, BodyKind, ChunkedDecoder};
-use crate::middleware::chain::{self, LocalResponse, Outcome, PendingCall, Phase, RequestView};
+use crate::middleware::chain::{
+    self, LocalResponse, Outcome, PendingCall, Phase, RequestView, Step,
+};
 use crate::proxy::{self, Outbound, Pool, Upstream};
+use crate::{admin, store};
 
 const LISTENER: Token = Token(usize::MAX - 1);
 const WAKER: Token = Token(usize::MAX - 2);
@@ -617,6 +620,20 @@ impl Worker {
             }
         }
         let path = c.head.path(&c.rbuf);
+        if path.starts_with("/tyk/") {
+            // The Gateway API: its body (a session JSON) is read whole first.
+            c.req.admin = true;
+            if c.req_body_done {
+                c.req.body_buffered = true;
+                c.st = St::Chain;
+                self.handle_admin(ci);
+            } else {
+                c.st = St::Body;
+                let at = self.now + gw.limits.client_body_timeout;
+                c.arm(Deadline::Body, at);
+            }
+            return;
+        }
         if path == "/hello" {
             let body = super::health_body(&self.shared);
             let c = &mut self.conns[ci];
@@ -668,9 +685,18 @@ impl Worker {
             self.local_error(ci, 500, "Internal Server Error", false);
             return;
         }
-        if hooked && chain::has_request_hooks(&api, &|h| self.hook_active(&api, h)) {
+        let request_hooks =
+            hooked && chain::has_request_hooks(&api, &|h| self.hook_active(&api, h));
+        if request_hooks || !api.use_keyless {
+            let extractor_body = api
+                .custom_middleware
+                .id_extractor
+                .as_ref()
+                .is_some_and(store::extractor_needs_body);
+            let need_body = (request_hooks && self.snapshot.gateway.coprocess.send_body)
+                || (extractor_body && api.coprocess_auth);
             let c = &mut self.conns[ci];
-            if self.snapshot.gateway.coprocess.send_body && !c.req_body_done {
+            if need_body && !c.req_body_done {
                 c.st = St::Body;
                 let at = self.now + self.snapshot.gateway.limits.client_body_timeout;
                 c.arm(Deadline::Body, at);
@@ -1339,15 +1365,35 @@ impl Worker {
     /// Runs the request phases of the chain from where the request is: dispatches the next hook
     /// (and parks the connection until its reply), or goes upstream when none is left.
     fn run_chain(&mut self, ci: usize) {
+        if self.conns[ci].req.admin {
+            self.handle_admin(ci);
+            return;
+        }
         let Some(api) = self.conns[ci].api.clone() else {
             return;
         };
-        let mut phase = self.conns[ci].req.phase;
-        let next = chain::next_request_hook(&api, &mut phase, &|h| self.hook_active(&api, h));
-        self.conns[ci].req.phase = phase;
-        let Some((hook, def)) = next else {
-            self.start_proxy(ci);
-            return;
+        let (hook, def) = loop {
+            let mut phase = self.conns[ci].req.phase;
+            let step = chain::next_step(&api, &mut phase, &|h| self.hook_active(&api, h));
+            self.conns[ci].req.phase = phase;
+            let result = match step {
+                Step::Upstream => {
+                    self.start_proxy(ci);
+                    return;
+                }
+                Step::TokenAuth => self.token_auth(ci, &api),
+                Step::Enforce => self.enforce_session(ci, &api),
+                Step::Hook(HookType::CustomKeyCheck, def) => match self.auth_cache(ci, &api) {
+                    Ok(true) => Ok(()),
+                    Ok(false) => break (HookType::CustomKeyCheck, def),
+                    Err(resp) => Err(resp),
+                },
+                Step::Hook(hook, def) => break (hook, def),
+            };
+            if let Err(resp) = result {
+                self.respond_local(ci, resp);
+                return;
+            }
         };
         let send_body = self.snapshot.gateway.coprocess.send_body;
         let c = &self.conns[ci];
@@ -1361,6 +1407,111 @@ impl Worker {
         let obj =
             chain::request_object(hook, def, &api, &view, c.req.session.as_deref(), send_body);
         self.dispatch(ci, hook, def, obj);
+    }
+
+    /// Standard token auth: the session stored under the key in the API's auth header.
+    fn token_auth(&mut self, ci: usize, api: &ApiDefinition) -> Result<(), LocalResponse> {
+        let c = &mut self.conns[ci];
+        let value = c
+            .head
+            .header(&c.rbuf, &api.auth_header_name)
+            .map(|v| String::from_utf8_lossy(v).into_owned());
+        let (key, session) = store::token_auth(&self.shared.store, api, value.as_deref())?;
+        c.req.session = Some(Box::new(session));
+        c.req.session_key = Some(key);
+        Ok(())
+    }
+
+    /// The ID extractor step before the auth hook: a cached, still-valid session skips the plugin
+    /// (`Ok(true)`); otherwise the extractor's session id is remembered for storing the plugin's
+    /// session (`Ok(false)`).
+    fn auth_cache(&mut self, ci: usize, api: &ApiDefinition) -> Result<bool, LocalResponse> {
+        let Some(ex) = api.custom_middleware.id_extractor.as_ref() else {
+            return Ok(false);
+        };
+        let c = &mut self.conns[ci];
+        let buf = &c.rbuf;
+        let head = &c.head;
+        let header = |name: &str| {
+            head.header(buf, name)
+                .map(|v| String::from_utf8_lossy(v).into_owned())
+        };
+        let req = store::ExtractorRequest {
+            method: head.method.str(buf),
+            header: &header,
+            query: head.query(buf),
+            body: if c.req.body_buffered {
+                Some(&c.req.body)
+            } else {
+                None
+            },
+        };
+        let id = store::id_extractor_key(api, ex, &req)?;
+        if let Some(session) =
+            store::cached_session(&self.shared.store, &id, std::time::SystemTime::now())?
+        {
+            c.req.session = Some(Box::new(session));
+            c.req.session_key = Some(id);
+            return Ok(true);
+        }
+        c.req.auth_id = Some(id);
+        Ok(false)
+    }
+
+    /// After the auth hook installed a session: store it (under the extractor's id, else the
+    /// plugin's token), keeping an existing session's quota.
+    fn store_plugin_session(&mut self, ci: usize) -> Result<(), LocalResponse> {
+        let c = &mut self.conns[ci];
+        let Some(session) = c.req.session.as_mut() else {
+            return Ok(());
+        };
+        let id = match c.req.auth_id.take() {
+            Some(id) => id,
+            None => session.key_id.clone().unwrap_or_default(),
+        };
+        store::store_auth_session(&self.shared.store, &id, session)?;
+        c.req.session_key = Some(id);
+        Ok(())
+    }
+
+    /// Expiry, access rights, rate limit and quota for the authenticated session.
+    fn enforce_session(&mut self, ci: usize, api: &ApiDefinition) -> Result<(), LocalResponse> {
+        let c = &mut self.conns[ci];
+        let (Some(session), Some(key)) = (c.req.session.as_mut(), c.req.session_key.as_deref())
+        else {
+            return Err(LocalResponse::error(403, "Forbidden", Vec::new()));
+        };
+        let headers = store::enforce(
+            &self.shared.store,
+            key,
+            session,
+            api,
+            std::time::SystemTime::now(),
+        )?;
+        c.req.resp_headers.extend(headers);
+        Ok(())
+    }
+
+    /// Answers a Gateway API request (/tyk/...), body already buffered.
+    fn handle_admin(&mut self, ci: usize) {
+        let c = &self.conns[ci];
+        let shared = Arc::clone(&self.shared);
+        let reload = || shared.reload();
+        let req = admin::AdminRequest {
+            method: c.head.method.str(&c.rbuf),
+            path: c.head.path(&c.rbuf),
+            query: c.head.query(&c.rbuf),
+            secret_header: c.head.header(&c.rbuf, "x-tyk-authorization"),
+            body: &c.req.body,
+        };
+        let ctx = admin::AdminContext {
+            store: &self.shared.store,
+            snapshot: &self.snapshot,
+            reload: &reload,
+            allow_master_keys: false,
+        };
+        let resp = admin::handle(&req, &ctx);
+        self.respond_local(ci, resp);
     }
 
     /// Sends a hook call and parks the connection on it.
@@ -1488,6 +1639,15 @@ impl Worker {
             out
         };
         c.req = state;
+        let outcome = match outcome {
+            Outcome::Continue if pending.hook == HookType::CustomKeyCheck => {
+                match self.store_plugin_session(ci) {
+                    Ok(()) => Outcome::Continue,
+                    Err(resp) => Outcome::Respond(resp),
+                }
+            }
+            other => other,
+        };
         self.after_hook(ci, pending.hook, outcome);
     }
 
@@ -1556,6 +1716,8 @@ impl Worker {
             c.close_after = true;
         }
         let close = close || c.close_after;
+        let mut resp = resp;
+        resp.headers.append(&mut c.req.resp_headers);
         response::Local {
             status: resp.status,
             headers: &resp.headers,
@@ -1671,6 +1833,12 @@ fn write_response_head(c: &mut Conn, ubuf: &[u8]) {
     }
     if c.resp_kind == BodyKind::Chunked && !c.resp_decode {
         out.extend_from_slice(b"Transfer-Encoding: chunked\r\n");
+    }
+    for (k, v) in &c.req.resp_headers {
+        out.extend_from_slice(k.as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(v.as_bytes());
+        out.extend_from_slice(b"\r\n");
     }
     if c.close_after {
         out.extend_from_slice(b"Connection: close\r\n");
