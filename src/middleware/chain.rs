@@ -94,6 +94,8 @@ pub struct RequestState {
     pub resp_headers: Vec<(String, String)>,
     /// The request goes to the Gateway API (/tyk/), not through the chain.
     pub admin: bool,
+    /// The object of the pipe call in flight and its hook, kept only when gRPC fallback is on.
+    pub retry: Option<(Box<Object>, HookDef)>,
     /// A body file written for the call in flight, deleted when it is answered.
     pub spilled: Option<crate::coprocess::object::RawBodyFile>,
 }
@@ -107,6 +109,8 @@ pub struct PendingCall {
     pub hook: HookType,
     /// Continue unchanged if the call fails.
     pub fail_open: bool,
+    /// Sent over gRPC (call ids are per transport).
+    pub grpc: bool,
 }
 
 impl RequestState {
@@ -124,6 +128,7 @@ impl RequestState {
         self.auth_id = None;
         self.resp_headers.clear();
         self.admin = false;
+        self.retry = None;
         if let Some(f) = self.spilled.take() {
             crate::coprocess::bodyfile::remove(&f);
         }

@@ -21,6 +21,7 @@ use signal_hook::iterator::Signals;
 
 use crate::bundle::{self, Applied};
 use crate::config::{self, Snapshot};
+use crate::coprocess::grpc::{GrpcClient, GrpcOptions};
 use crate::coprocess::pipe::{PipeClient, PipeOptions};
 
 /// State shared by all workers.
@@ -35,6 +36,8 @@ pub struct Shared {
     pub wakers: Mutex<Vec<Arc<Waker>>>,
     /// The plugin process, when `coprocess_options.pipe_command` is set.
     pub pipe: Option<Arc<PipeClient>>,
+    /// The gRPC plugin server client, when `coprocess_options.coprocess_grpc_server` is set.
+    pub grpc: Option<Arc<GrpcClient>>,
     /// Sessions, keys, rate limits and quotas (embedded or Redis, from tyk.conf `storage`; a
     /// change of `storage` takes a restart).
     pub store: crate::store::Store,
@@ -208,6 +211,13 @@ pub fn start(
         None
     };
     announce_bundles(pipe.as_deref(), &snapshot, &bundles);
+    // A gRPC server that is down at start is not an error: calls fail cleanly until it is up.
+    let grpc = match gw.coprocess.grpc_server.as_deref() {
+        Some(t) if gw.coprocess.enable_coprocess && !t.is_empty() => {
+            Some(GrpcClient::start(GrpcOptions::from(&gw.coprocess)).map_err(|e| e.to_string())?)
+        }
+        _ => None,
+    };
     let store = crate::store::Store::from_config(&gw)
         .map_err(|e| format!("{}: storage: {e}", conf_path.display()))?;
     let shared = Arc::new(Shared {
@@ -216,6 +226,7 @@ pub fn start(
         conf_path,
         wakers: Mutex::new(Vec::new()),
         pipe,
+        grpc,
         store,
     });
     let mut listeners = vec![first];
@@ -270,10 +281,14 @@ pub fn run(conf_path: PathBuf) -> Result<(), String> {
         }
     });
     let pipe = running.shared().pipe.clone();
+    let grpc = running.shared().grpc.clone();
     let grace = running.shared().snapshot.load().gateway.shutdown_grace;
     running.join();
     if let Some(p) = pipe {
         p.shutdown(grace.min(std::time::Duration::from_secs(5)));
+    }
+    if let Some(g) = grpc {
+        g.shutdown();
     }
     handle.close();
     let _ = sig_thread.join();

@@ -19,6 +19,7 @@ use slab::Slab;
 use super::conn::{Conn, Deadline, St, MAX_PENDING_CLIENT, MAX_PENDING_UPSTREAM};
 use super::Shared;
 use crate::config::{ApiDefinition, GatewayConfig, HookDef, Snapshot};
+use crate::coprocess::grpc::GrpcClient;
 use crate::coprocess::object::HookType;
 use crate::coprocess::pipe::{PipeClient, WorkerHandle};
 use crate::coprocess::{CallError, HookReply};
@@ -68,6 +69,8 @@ pub struct Worker {
     draining_since: Option<Instant>,
     /// The plugin process client and this worker's reply channel, when plugins are configured.
     pipe: Option<(Arc<PipeClient>, WorkerHandle)>,
+    /// The gRPC plugin server client and this worker's reply channel.
+    grpc: Option<(Arc<GrpcClient>, WorkerHandle)>,
     /// Connections that yielded while still able to progress; driven again before polling.
     again: Vec<usize>,
 }
@@ -79,6 +82,9 @@ enum Transport {
     Off,
     /// The pipe child serves them.
     Pipe,
+    /// The gRPC plugin server serves them (driver "grpc", or pipe hooks while the child is down
+    /// and `enable_grpc_fallback` is on).
+    Grpc,
     /// The API's driver has no transport configured: every hooked request fails with 500.
     Missing,
 }
@@ -107,6 +113,10 @@ impl Worker {
             let h = p.register_worker(Arc::clone(&waker));
             (Arc::clone(p), h)
         });
+        let grpc = shared.grpc.as_ref().map(|g| {
+            let h = g.register_worker(Arc::clone(&waker));
+            (Arc::clone(g), h)
+        });
         Ok((
             Worker {
                 id,
@@ -121,6 +131,7 @@ impl Worker {
                 next_tick: now + TICK,
                 draining_since: None,
                 pipe,
+                grpc,
                 again: Vec::with_capacity(64),
             },
             waker,
@@ -717,12 +728,20 @@ impl Worker {
             return Transport::Off;
         }
         if api.custom_middleware.driver.eq_ignore_ascii_case("grpc") {
-            return Transport::Missing;
+            return if self.grpc.is_some() {
+                Transport::Grpc
+            } else {
+                Transport::Missing
+            };
         }
-        if self.pipe.is_some() {
-            Transport::Pipe
-        } else {
-            Transport::Missing
+        match (&self.pipe, &self.grpc) {
+            // Fallback: pipe hooks go to the gRPC server while the child is down.
+            (Some((p, _)), Some(_)) if cp.enable_grpc_fallback && !p.is_healthy() => {
+                Transport::Grpc
+            }
+            (Some(_), _) => Transport::Pipe,
+            (None, Some(_)) if cp.enable_grpc_fallback => Transport::Grpc,
+            _ => Transport::Missing,
         }
     }
 
@@ -733,7 +752,8 @@ impl Worker {
             Transport::Pipe => self.pipe.as_ref().is_some_and(|(p, _)| {
                 !api.custom_middleware_bundle.is_empty() || p.implements(&h.name)
             }),
-            _ => false,
+            Transport::Grpc => true,
+            Transport::Off | Transport::Missing => false,
         }
     }
 
@@ -1520,33 +1540,59 @@ impl Worker {
         ci: usize,
         hook: HookType,
         def: &HookDef,
+        obj: crate::coprocess::object::Object,
+    ) {
+        self.dispatch_via(ci, hook, def, obj, false);
+    }
+
+    /// Sends a hook call over the API's transport, or over gRPC when `force_grpc` (a fallback
+    /// retry of a call the dead pipe child could not answer).
+    fn dispatch_via(
+        &mut self,
+        ci: usize,
+        hook: HookType,
+        def: &HookDef,
         mut obj: crate::coprocess::object::Object,
+        force_grpc: bool,
     ) {
         let cp = &self.snapshot.gateway.coprocess;
         let timeout = def.timeout.unwrap_or(cp.hook_timeout);
         // An auth hook never fails open: a protected API is never served without a session.
         let fail_open = hook != HookType::CustomKeyCheck && def.fail_open.unwrap_or(cp.fail_open);
         let threshold = cp.mmap_threshold_bytes;
-        let Some((pipe, handle)) = self.pipe.as_ref() else {
-            self.local_error(ci, 500, "Internal Server Error", false);
-            return;
-        };
+        let via_grpc = force_grpc
+            || self.conns[ci]
+                .api
+                .as_ref()
+                .is_some_and(|api| self.transport_for(api) == Transport::Grpc);
+        // With fallback on, keep the object so a call lost with the pipe child can be re-sent
+        // to the gRPC server.
+        let keep = !via_grpc && cp.enable_grpc_fallback && self.grpc.is_some();
+        let retry = keep.then(|| (Box::new(obj.clone()), def.clone()));
         let c = &mut self.conns[ci];
-        if threshold > 0 && pipe.supports_mmap() {
-            c.req.spilled = spill_large_body(&mut obj, threshold);
-        }
-        let id = pipe.dispatch(
-            handle.id,
-            tag_of(ci, c.generation),
-            self.now + timeout,
-            &obj,
-        );
+        let deadline = self.now + timeout;
+        let tag = tag_of(ci, c.generation);
+        let id = match (via_grpc, self.pipe.as_ref(), self.grpc.as_ref()) {
+            (true, _, Some((grpc, handle))) => grpc.dispatch(handle.id, tag, deadline, &obj),
+            (false, Some((pipe, handle)), _) => {
+                if threshold > 0 && pipe.supports_mmap() {
+                    c.req.spilled = spill_large_body(&mut obj, threshold);
+                }
+                pipe.dispatch(handle.id, tag, deadline, &obj)
+            }
+            _ => {
+                self.local_error(ci, 500, "Internal Server Error", false);
+                return;
+            }
+        };
         tracing::trace!(call = id, hook = hook.name(), name = %def.name, "hook dispatched");
         c.req.pending = Some(PendingCall {
             id,
             hook,
             fail_open,
+            grpc: via_grpc,
         });
+        c.req.retry = retry;
         c.st = St::Chain;
         // Safety net only: the client answers every call by its deadline.
         c.arm(Deadline::Hook, self.now + timeout + Duration::from_secs(2));
@@ -1554,19 +1600,23 @@ impl Worker {
 
     /// Takes every reply queued for this worker.
     fn drain_replies(&mut self) {
-        loop {
-            let reply = match self.pipe.as_ref() {
-                Some((_, h)) => h.replies.try_recv(),
-                None => return,
-            };
-            match reply {
-                Ok(r) => self.on_hook_reply(r),
-                Err(_) => return,
-            }
+        while let Some(r) = self
+            .pipe
+            .as_ref()
+            .and_then(|(_, h)| h.replies.try_recv().ok())
+        {
+            self.on_hook_reply(r, false);
+        }
+        while let Some(r) = self
+            .grpc
+            .as_ref()
+            .and_then(|(_, h)| h.replies.try_recv().ok())
+        {
+            self.on_hook_reply(r, true);
         }
     }
 
-    fn on_hook_reply(&mut self, r: HookReply) {
+    fn on_hook_reply(&mut self, r: HookReply, via_grpc: bool) {
         tracing::trace!(call = r.call_id, ok = r.result.is_ok(), "hook reply");
         let ci = (r.tag >> 32) as usize;
         let generation = r.tag as u32;
@@ -1577,7 +1627,7 @@ impl Worker {
             return;
         }
         let Some(pending) = c.req.pending else { return };
-        if pending.id != r.call_id {
+        if pending.id != r.call_id || pending.grpc != via_grpc {
             return;
         }
         c.req.pending = None;
@@ -1585,8 +1635,18 @@ impl Worker {
             crate::coprocess::bodyfile::remove(&f);
         }
         let Some(api) = c.api.clone() else { return };
+        let retry = c.req.retry.take();
         let reply = match r.result.and_then(unspill_reply) {
             Ok(obj) => obj,
+            Err(CallError::ChildDied | CallError::Unavailable) if retry.is_some() => {
+                // Fallback: the pipe child died or is restarting; the gRPC server serves the hook.
+                if let Some((obj, def)) = retry {
+                    tracing::debug!(api = %api.api_id, hook = pending.hook.name(), "pipe child down; hook re-sent over gRPC");
+                    self.dispatch_via(ci, pending.hook, &def, *obj, true);
+                    self.drive(ci);
+                }
+                return;
+            }
             Err(e) => {
                 if !matches!(e, CallError::PluginError(_)) || !pending.fail_open {
                     tracing::warn!(api = %api.api_id, hook = pending.hook.name(), "hook failed: {e}");
