@@ -72,6 +72,10 @@ pub fn apply_bundles(gw: &GatewayConfig, apis: &mut [ApiDefinition]) -> Vec<Appl
                     .collect::<Vec<_>>()
                     .join("; ");
                 tracing::error!(api = %api.api_id, bundle = %name, "bundle manifest rejected, API out of service: {why}");
+                // Leave nothing behind, so a fixed bundle under the same name is downloaded.
+                if let Err(e) = std::fs::remove_dir_all(&loaded.dir) {
+                    tracing::warn!(dir = %loaded.dir.display(), "cannot remove rejected bundle: {e}");
+                }
                 api.unavailable = Some(format!("bundle {name:?}: {why}"));
             }
         }

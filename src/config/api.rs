@@ -178,9 +178,85 @@ pub struct IgnoredPath {
     pub methods: Vec<String>,
     /// Match without regard to letter case.
     pub ignore_case: bool,
+    /// `path` compiled once at load (`None` when it is not a valid pattern: then it never
+    /// matches, and a warning was logged).
+    pub pattern: Option<PathPattern>,
+}
+
+/// A compiled Tyk path pattern: a regular expression anchored at the start of the path (after the
+/// listen path), in which `{name}` stands for one path segment.
+#[derive(Debug, Clone)]
+pub struct PathPattern(pub regex::Regex);
+
+impl PartialEq for PathPattern {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.as_str() == other.0.as_str()
+    }
+}
+impl Eq for PathPattern {}
+
+impl PathPattern {
+    /// Compiles a Tyk path pattern.
+    pub fn compile(path: &str, ignore_case: bool) -> Result<PathPattern, String> {
+        let mut re = String::with_capacity(path.len() + 8);
+        if ignore_case {
+            re.push_str("(?i)");
+        }
+        re.push('^');
+        let mut rest = path;
+        while let Some(open) = rest.find('{') {
+            let Some(close) = rest[open..].find('}') else {
+                break;
+            };
+            re.push_str(&rest[..open]);
+            re.push_str("[^/]+");
+            rest = &rest[open + close + 1..];
+        }
+        re.push_str(rest);
+        regex::Regex::new(&re)
+            .map(PathPattern)
+            .map_err(|e| format!("{path:?} is not a valid path pattern: {e}"))
+    }
+}
+
+impl IgnoredPath {
+    fn new(path: String, methods: Vec<String>, ignore_case: bool) -> IgnoredPath {
+        let pattern = match PathPattern::compile(&path, ignore_case) {
+            Ok(p) => Some(p),
+            Err(e) => {
+                tracing::warn!("ignored path never matches: {e}");
+                None
+            }
+        };
+        IgnoredPath {
+            path,
+            methods,
+            ignore_case,
+            pattern,
+        }
+    }
+
+    /// Whether a request (path after the listen path, method) is ignored by this entry.
+    pub fn matches(&self, path: &str, method: &str) -> bool {
+        (self.methods.is_empty() || self.methods.iter().any(|m| m.eq_ignore_ascii_case(method)))
+            && self.pattern.as_ref().is_some_and(|p| p.0.is_match(path))
+    }
 }
 
 impl ApiDefinition {
+    /// Whether a request skips authentication (Tyk's ignored paths, matched against the path
+    /// after the listen path).
+    pub fn is_ignored(&self, path: &str, method: &str) -> bool {
+        if self.ignored_paths.is_empty() {
+            return false;
+        }
+        let rest = path
+            .strip_prefix(self.listen_path.trim_end_matches('/'))
+            .unwrap_or(path);
+        let rest = if rest.is_empty() { "/" } else { rest };
+        self.ignored_paths.iter().any(|p| p.matches(rest, method))
+    }
+
     /// Appends to `out` the path sent upstream for `request_path` (no query string).
     ///
     /// Applies `strip_listen_path` (a plain prefix cut, as Tyk's `StripListenPath`; a request for
@@ -945,11 +1021,7 @@ fn ignored_paths(top: &Obj<'_>, source: &Path, issues: &mut Issues) -> Vec<Ignor
     } else {
         let paths = issues.take(version.obj("paths"), Obj::empty(version.field("paths")));
         for p in issues.take(paths.strings("ignored"), Vec::new()) {
-            out.push(IgnoredPath {
-                path: p,
-                methods: Vec::new(),
-                ignore_case: false,
-            });
+            out.push(IgnoredPath::new(p, Vec::new(), false));
         }
         let ext_has_ignored = version
             .get("extended_paths")
@@ -1001,11 +1073,7 @@ fn extended_ignored(v: &Value, path: &str, issues: &mut Issues) -> Option<Ignore
     } else {
         Vec::new()
     };
-    Some(IgnoredPath {
-        path: p,
-        methods,
-        ignore_case,
-    })
+    Some(IgnoredPath::new(p, methods, ignore_case))
 }
 
 /// Lowercase hex MD5, as Go's `fmt.Sprintf("%x", md5.Sum(b))`.

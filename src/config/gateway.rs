@@ -582,7 +582,8 @@ fn coprocess_options(cp: &Obj<'_>, base: &Path, issues: &mut Issues) -> Coproces
             format!("{max_frame_bytes} is out of range; use a value from 1024 to 4294967295"),
         );
     }
-    let mmap_threshold_bytes = issues.take(cp.u64("mmap_threshold_bytes", MIB), MIB);
+    // Measured crossover (docs/PERFORMANCE.md): inline is as fast up to ~1 MiB, files win by 8 MiB.
+    let mmap_threshold_bytes = issues.take(cp.u64("mmap_threshold_bytes", 4 * MIB), 4 * MIB);
     let send_body = issues.take(cp.bool("send_body", true), true);
     let backoff_ms = positive_ms(cp, "restart_backoff_max_ms", 5000, issues);
     let enable_grpc_fallback = issues.take(cp.bool("enable_grpc_fallback", false), false);

@@ -186,7 +186,7 @@ fn defaults_apply_to_an_empty_conf() {
     assert_eq!(c.hook_timeout, Duration::from_secs(1));
     assert!(!c.fail_open && c.send_body && !c.enable_grpc_fallback);
     assert_eq!(c.max_frame_bytes, 64 * 1024 * 1024);
-    assert_eq!(c.mmap_threshold_bytes, 1024 * 1024);
+    assert_eq!(c.mmap_threshold_bytes, 4 * 1024 * 1024);
     assert_eq!(c.restart_backoff_max, Duration::from_secs(5));
 }
 
@@ -258,7 +258,7 @@ fn gateway_errors_name_file_field_and_reason() {
     let file = conf.display().to_string();
     let msgs = messages(&errs);
     let expect = [
-        format!("{file}: listen_port: 70000 is not a TCP port; use a number from 1 to 65535"),
+        format!("{file}: listen_port: 70000 is not a TCP port; use a number from 0 to 65535"),
         format!("{file}: secret: expected a string, found the number 5"),
         format!("{file}: pipegate.log_format: \"xml\" is not a log format; use \"text\" or \"json\""),
         format!("{file}: coprocess_options.pipe_env.X: environment values must be strings, found the number 1; quote it"),
@@ -276,11 +276,9 @@ fn gateway_errors_name_file_field_and_reason() {
     // load_gateway reports the first of them.
     assert_eq!(load_gateway(&conf).unwrap_err().to_string(), msgs[0]);
 
+    // Port 0 asks the OS for a free port (the bound address is logged).
     let zero = s.conf(r#"{"listen_port": 0}"#);
-    assert_eq!(
-        load_gateway(&zero).unwrap_err().to_string(),
-        format!("{file}: listen_port: 0 is not a TCP port; use a number from 1 to 65535")
-    );
+    assert_eq!(load_gateway(&zero).unwrap().listen_port, 0);
 }
 
 #[test]
@@ -360,8 +358,8 @@ fn api_validation_errors_name_file_field_and_reason() {
         ),
         (
             r#"{"api_id": "a", "proxy": {"listen_path": "/a/", "target_url": "http://h/"},
-                "custom_middleware": {"driver": "otto", "pre": [{"name": "x"}]}}"#,
-            r#"custom_middleware.driver: "otto" selects JavaScript middleware, which pipegate does not run; port the hooks to a rich plugin and set "driver": "grpc""#,
+                "custom_middleware": {"pre": [{"name": "x"}]}}"#,
+            r#"custom_middleware.driver: hooks are defined but no driver is set"#,
         ),
         (
             r#"{"api_id": "a", "proxy": {"listen_path": "/a/", "target_url": "http://h/"},
@@ -380,7 +378,7 @@ fn api_validation_errors_name_file_field_and_reason() {
         ),
         (
             r#"{"api_id": "a", "enable_coprocess_auth": true, "proxy": {"listen_path": "/a/", "target_url": "http://h/"}}"#,
-            r#"custom_middleware.driver: "" selects JavaScript middleware, which pipegate does not run"#,
+            r#"custom_middleware.driver: hooks are defined but no driver is set"#,
         ),
         (
             r#"{"api_id": "a", "listen_port": 1, "proxy": {"listen_path": "/a/", "target_url": "http://h:0/"}}"#,
@@ -821,13 +819,18 @@ fn bundle_apis_skip_the_driver_check_and_manifest_sections_parse() {
         parse_middleware_section(Path::new("manifest.json"), "custom_middleware", &manifest)
             .unwrap();
     assert_eq!(section.auth_check.unwrap().name, "A");
-    let bad: serde_json::Value =
-        serde_json::from_str(r#"{"driver": "goplugin", "post": [{"name": "P"}]}"#).unwrap();
+    // Every driver but "grpc" goes to the pipe child, so Tyk's values load unchanged.
+    let pipe: serde_json::Value =
+        serde_json::from_str(r#"{"driver": "python", "post": [{"name": "P"}]}"#).unwrap();
+    assert!(
+        parse_middleware_section(Path::new("manifest.json"), "custom_middleware", &pipe).is_ok()
+    );
+    let bad: serde_json::Value = serde_json::from_str(r#"{"post": [{"name": "P"}]}"#).unwrap();
     let errs = parse_middleware_section(Path::new("manifest.json"), "custom_middleware", &bad)
         .unwrap_err();
     assert!(errs[0]
         .to_string()
-        .starts_with("manifest.json: custom_middleware.driver: Go plugins are not supported"));
+        .starts_with("manifest.json: custom_middleware.driver: hooks are defined but no driver"));
 }
 
 #[test]

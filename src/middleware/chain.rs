@@ -29,6 +29,8 @@ pub enum Phase {
     Pre(usize),
     /// Authentication (plugin `auth_check` or standard token auth).
     Auth,
+    /// Standard token auth after plugin auth (`use_standard_auth`: both must pass).
+    AuthToken,
     /// Enforcing the authenticated session (expiry, access rights, rate limit, quota).
     Enforce,
     /// Running `post_key_auth` hooks.
@@ -161,6 +163,7 @@ pub fn next_step<'a>(
     api: &'a ApiDefinition,
     phase: &mut Phase,
     active: &dyn Fn(&HookDef) -> bool,
+    ignored: bool,
 ) -> Step<'a> {
     let mw = &api.custom_middleware;
     loop {
@@ -182,12 +185,26 @@ pub fn next_step<'a>(
                 }
             },
             Phase::Auth => {
-                *phase = Phase::Enforce;
+                if ignored {
+                    // Tyk's ignored paths skip authentication and the session checks.
+                    *phase = Phase::PostKeyAuth(0);
+                    continue;
+                }
                 if let Some(h) = api.auth_hook() {
                     if active(h) {
+                        *phase = if api.use_standard_auth {
+                            Phase::AuthToken
+                        } else {
+                            Phase::Enforce
+                        };
                         return Step::Hook(HookType::CustomKeyCheck, h);
                     }
                 }
+                *phase = Phase::Enforce;
+                return Step::TokenAuth;
+            }
+            Phase::AuthToken => {
+                *phase = Phase::Enforce;
                 return Step::TokenAuth;
             }
             Phase::Enforce => {
@@ -243,7 +260,7 @@ pub fn next_response_hook<'a>(
 pub fn has_request_hooks(api: &ApiDefinition, active: &dyn Fn(&HookDef) -> bool) -> bool {
     let mut phase = Phase::Start;
     loop {
-        match next_step(api, &mut phase, active) {
+        match next_step(api, &mut phase, active, false) {
             Step::Hook(..) => return true,
             Step::Upstream => return false,
             Step::TokenAuth | Step::Enforce => {}

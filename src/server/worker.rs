@@ -1392,9 +1392,13 @@ impl Worker {
         let Some(api) = self.conns[ci].api.clone() else {
             return;
         };
+        let ignored = {
+            let c = &self.conns[ci];
+            api.is_ignored(c.head.path(&c.rbuf), c.head.method.str(&c.rbuf))
+        };
         let (hook, def) = loop {
             let mut phase = self.conns[ci].req.phase;
-            let step = chain::next_step(&api, &mut phase, &|h| self.hook_active(&api, h));
+            let step = chain::next_step(&api, &mut phase, &|h| self.hook_active(&api, h), ignored);
             self.conns[ci].req.phase = phase;
             let result = match step {
                 Step::Upstream => {
@@ -1437,8 +1441,12 @@ impl Worker {
             .header(&c.rbuf, &api.auth_header_name)
             .map(|v| String::from_utf8_lossy(v).into_owned());
         let (key, session) = store::token_auth(&self.shared.store, api, value.as_deref())?;
-        c.req.session = Some(Box::new(session));
-        c.req.session_key = Some(key);
+        // With plugin auth and token auth both on, `base_identity_provided_by` says whose session
+        // is the identity (Tyk: the plugin's unless it is "auth_token").
+        if c.req.session.is_none() || api.base_identity_provided_by == "auth_token" {
+            c.req.session = Some(Box::new(session));
+            c.req.session_key = Some(key);
+        }
         Ok(())
     }
 
@@ -1482,6 +1490,16 @@ impl Worker {
     /// plugin's token), keeping an existing session's quota.
     fn store_plugin_session(&mut self, ci: usize) -> Result<(), LocalResponse> {
         let c = &mut self.conns[ci];
+        let token_identity = c
+            .api
+            .as_ref()
+            .is_some_and(|a| a.use_standard_auth && a.base_identity_provided_by == "auth_token");
+        if token_identity {
+            // The token's session is the identity: the plugin's is neither stored nor used.
+            c.req.session = None;
+            c.req.auth_id = None;
+            return Ok(());
+        }
         let Some(session) = c.req.session.as_mut() else {
             return Ok(());
         };

@@ -1,27 +1,37 @@
-//! End-to-end tests of the plugin hooks over the pipe transport: the real `pipegate` binary, a
-//! real upstream (the echo upstream, which answers with a JSON description of what it received)
-//! and real plugin child processes (`tests/plugins/scenarios.py`, a raw MessagePack plugin written
-//! from the wire contract alone, one scenario per hook name; `hooks_garbage.py` and
-//! `hooks_oversized.py`, which break the protocol on purpose).
+//! End-to-end tests of the plugin hooks, one suite run over each transport: the real `pipegate`
+//! binary, a real upstream (the echo upstream, which answers with a JSON description of what it
+//! received) and a real plugin serving one scenario per hook name:
+//! - `pipe::*`: the plugin child `tests/plugins/scenarios.py` (raw MessagePack over stdin/stdout,
+//!   written from the wire contract alone), plus the pipe-only tests: a child that hangs, crashes,
+//!   writes garbage (`hooks_garbage.py`) or oversized frames (`hooks_oversized.py`), and a
+//!   `pipe_command` that cannot start;
+//! - `grpc_tcp::*` and `grpc_unix::*`: the same scenarios served by a real grpcio
+//!   `coprocess.Dispatcher` server (`tests/plugins/scenarios_grpc.py`, which runs scenarios.py's
+//!   own `hook()` and replies with the whole object, as Tyk's gRPC servers do), reached over TCP
+//!   and over a Unix socket with API definitions of driver `grpc`.
 //!
 //! What is checked is what a Tyk user would see: each hook type changes what Tyk lets it change
 //! (headers, params, url, method, body, status, response headers and body) and nothing else,
 //! return_overrides and errors render as Tyk renders them (tyk-coprocess.md 2.5, 2.8, 5.3), auth
 //! allows and denies as Tyk's CustomKeyCheck does, replies that come back out of order under load
 //! reach their own request, and a child that crashes, hangs, writes garbage or oversized frames
-//! costs only the calls in flight: every request is answered and the child comes back.
+//! costs only the calls in flight: every request is answered and the child comes back. Where
+//! proto3 makes gRPC differ (a gRPC server cannot leave a field out), the test says so and asserts
+//! Tyk's gRPC behaviour. Failures of the gRPC server itself are in `tests/grpc_gateway.rs`.
 //!
 //! Nothing asserts on timing except one loose bound (a hung hook is answered well before the
 //! plugin's 20 s sleep ends); timeouts are generous because the machine is small and shared.
-//! Every test has its own gateway, upstream, plugin child and sandbox, so they run in parallel.
+//! Every test has its own gateway, upstream, plugin (child or server, on its own port or socket)
+//! and sandbox, so they run in parallel.
 
 mod common;
 
 use std::fs;
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitStatus, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{mpsc, Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -34,6 +44,93 @@ const EMPTY_BUNDLE_HASH: &str = "d41d8cd98f00b204e9800998ecf8427e";
 const LOG_WAIT: Duration = Duration::from_secs(60);
 
 // ---------------------------------------------------------------------------------------------
+// The suite, once per transport
+// ---------------------------------------------------------------------------------------------
+
+/// How the gateway reaches the scenario plugin in one run of the suite.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Transport {
+    /// The plugin child `scenarios.py` over its stdin/stdout (API driver "python").
+    Pipe,
+    /// The gRPC server `scenarios_grpc.py` on a TCP port (API driver "grpc").
+    GrpcTcp,
+    /// The gRPC server `scenarios_grpc.py` on a Unix socket in the sandbox (API driver "grpc").
+    GrpcUnix,
+}
+
+impl Transport {
+    fn is_grpc(self) -> bool {
+        self != Transport::Pipe
+    }
+
+    /// The `custom_middleware.driver` a Tyk API definition names for this transport.
+    fn driver(self) -> &'static str {
+        if self.is_grpc() {
+            "grpc"
+        } else {
+            "python"
+        }
+    }
+}
+
+/// Declares the suite: every `shared` test runs as `pipe::<name>`, `grpc_tcp::<name>` and
+/// `grpc_unix::<name>` (the function takes the [`Transport`]); `pipe_only` tests run as
+/// `pipe::<name>`. So `cargo test --test hooks grpc_unix::` runs one transport's suite.
+macro_rules! suite {
+    (shared: [$($s:ident),* $(,)?], pipe_only: [$($p:ident),* $(,)?] $(,)?) => {
+        mod pipe {
+            $(#[test] fn $s() { super::$s(super::Transport::Pipe) })*
+            $(#[test] fn $p() { super::$p() })*
+        }
+        mod grpc_tcp {
+            $(#[test] fn $s() { super::$s(super::Transport::GrpcTcp) })*
+        }
+        mod grpc_unix {
+            $(#[test] fn $s() { super::$s(super::Transport::GrpcUnix) })*
+        }
+    };
+}
+
+suite! {
+    shared: [
+        pre_and_post_hooks_set_and_delete_headers_seen_upstream,
+        set_headers_names_are_canonical_and_delete_ignores_case,
+        pre_hook_adds_and_deletes_params_query_reencoded_sorted,
+        pre_hook_rewrites_url_and_method,
+        hook_url_that_does_not_parse_is_500_and_spaces_are_escaped,
+        pre_hook_replaces_raw_body_and_content_length_follows,
+        hook_sees_body_as_body_and_raw_body,
+        pre_hook_object_mirrors_tyk_build_object,
+        spec_carries_ids_bundle_hash_and_sorted_config_data,
+        response_override_table_matches_tyk,
+        later_hooks_see_earlier_hooks_changes,
+        short_circuit_and_errors_skip_the_rest_of_the_chain,
+        crlf_in_plugin_headers_never_reaches_the_wire,
+        auth_check_allows_denies_and_passes_the_session_on,
+        auth_check_without_a_name_dispatches_an_empty_hook_name,
+        auth_and_post_key_auth_never_run_on_keyless_apis,
+        hooks_run_in_tyk_order,
+        response_hook_changes_status_headers_and_body,
+        response_hook_header_sync_follows_tyk,
+        response_hook_failure_is_500,
+        response_hook_reply_without_response,
+        plugin_error_is_500_and_fail_open_proceeds_unchanged,
+        fail_open_never_opens_a_protected_api,
+        hung_hook_is_answered_at_its_deadline,
+        out_of_order_replies_never_mix_up_requests_under_concurrency,
+        pipelined_requests_through_a_hook_keep_their_order,
+        plugins_off_skips_hooks,
+    ],
+    pipe_only: [
+        frozen_child_is_killed_and_restarted,
+        child_killed_mid_load_every_request_answered_and_child_back,
+        garbage_on_stdout_restarts_the_child_and_service_recovers,
+        oversized_frames_are_refused_and_service_recovers,
+        bad_pipe_command_fails_start_with_a_clear_error,
+    ],
+}
+
+// ---------------------------------------------------------------------------------------------
 // Helpers
 // ---------------------------------------------------------------------------------------------
 
@@ -42,20 +139,9 @@ fn plugin_script(name: &str) -> String {
     format!("{}/tests/plugins/{name}", env!("CARGO_MANIFEST_DIR"))
 }
 
-/// A tyk.conf patch running `python3 tests/plugins/<script>` as the plugin child. The hook
-/// timeout is generous (30 s) unless `extra` (merged into `coprocess_options`) says otherwise.
-fn coprocess(script: &str, extra: Value) -> Value {
-    let mut cp = json!({
-        "enable_coprocess": true,
-        "pipe_command": ["python3", plugin_script(script)],
-        "hook_timeout_ms": 30000,
-    });
-    merge(&mut cp, extra);
-    json!({ "coprocess_options": cp })
-}
-
 /// A keyless API on `listen_path` in front of `target` with `custom_middleware` = `mw` (driver
-/// "python", as a Tyk definition for a Python plugin would say).
+/// "python", as a Tyk definition for a Python plugin would say; [`HookEnv`] makes it "grpc" for
+/// the gRPC runs).
 fn hooked_api(api_id: &str, listen_path: &str, target: &str, mw: Value) -> Value {
     let mut api = keyless_api(api_id, listen_path, target);
     let mut cm = json!({ "driver": "python" });
@@ -74,42 +160,206 @@ fn protected_api(api_id: &str, listen_path: &str, target: &str, mw: Value) -> Va
     api
 }
 
-/// An echo upstream and a gateway running a plugin child. The child gets `SCENARIO_LOG` pointing
-/// at `<sandbox>/calls.log` (scenarios.py writes one "hook_type hook_name" line per call there).
-/// Fields drop in order: gateway, upstream, sandbox.
+/// A running `tests/plugins/scenarios_grpc.py` (the scenarios as a gRPC plugin server), with
+/// `SCENARIO_LOG` set like the pipe child's. Killed on drop; its stderr is printed when the test
+/// fails.
+struct GrpcServer {
+    child: Child,
+    /// What `coprocess_grpc_server` must say to reach it.
+    target: String,
+    stderr: Arc<Mutex<Vec<String>>>,
+}
+
+impl GrpcServer {
+    /// Starts the server on `listen` (`tcp://127.0.0.1:0` or `unix:///path`) and waits until it
+    /// reports the address it serves.
+    fn start(listen: &str, log: &Path) -> GrpcServer {
+        let mut cmd = Command::new("python3");
+        cmd.arg(plugin_script("scenarios_grpc.py"))
+            .arg("--listen")
+            .arg(listen)
+            .env("SCENARIO_LOG", log)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: the closure runs in the child between fork and exec and only calls prctl,
+            // which is async-signal-safe and touches no memory of the parent. Reason: a test
+            // binary killed mid-run must not leave plugin servers behind.
+            unsafe {
+                cmd.pre_exec(|| {
+                    libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong);
+                    Ok(())
+                });
+            }
+        }
+        let mut child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start scenarios_grpc.py with python3: {e}"));
+        let stderr: Arc<Mutex<Vec<String>>> = Arc::default();
+        if let Some(pipe) = child.stderr.take() {
+            let sink = Arc::clone(&stderr);
+            thread::spawn(move || {
+                for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                    sink.lock().unwrap_or_else(|p| p.into_inner()).push(line);
+                }
+            });
+        }
+        let (tx, rx) = mpsc::channel::<String>();
+        if let Some(pipe) = child.stdout.take() {
+            thread::spawn(move || {
+                for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                    if tx.send(line).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+        let mut server = GrpcServer {
+            child,
+            target: String::new(),
+            stderr,
+        };
+        let end = Instant::now() + STARTUP_TIMEOUT;
+        while server.target.is_empty() {
+            let left = end.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(line) => {
+                    if let Some(addr) = line.strip_prefix("listening on ") {
+                        server.target = addr.trim().to_string();
+                    }
+                }
+                Err(e) => panic!(
+                    "scenarios_grpc.py did not report its address ({e}); stderr:\n{}",
+                    server.stderr_text()
+                ),
+            }
+        }
+        server
+    }
+
+    fn stderr_text(&self) -> String {
+        self.stderr
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .join("\n")
+    }
+}
+
+impl Drop for GrpcServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if thread::panicking() {
+            eprintln!(
+                "[scenarios_grpc.py {}] stderr:\n{}",
+                self.target,
+                self.stderr_text()
+            );
+        }
+    }
+}
+
+/// A gateway, its upstream and its plugin. The plugin writes one "hook_type hook_name" line per
+/// call to `<sandbox>/calls.log` (scenarios.py's `SCENARIO_LOG`, for the child and the gRPC server
+/// alike). Fields drop in order: gateway, gRPC server, upstream, sandbox.
 struct HookEnv {
     gw: Gateway,
-    _echo: EchoUpstream,
+    _server: Option<GrpcServer>,
+    _echo: Option<EchoUpstream>,
     sb: Sandbox,
 }
 
 impl HookEnv {
-    /// `conf_patch` is merged into the base tyk.conf; `apis(echo_url)` lists (file name, API
-    /// definition) pairs.
+    /// The scenario plugin over `t` in front of an echo upstream. `extra` is merged into
+    /// `coprocess_options` (hook timeout 30 s unless it says otherwise); `apis(echo_url)` lists
+    /// (file name, API definition) pairs.
     fn start(
+        t: Transport,
         tag: &str,
-        conf_patch: Value,
+        extra: Value,
+        apis: impl FnOnce(&str) -> Vec<(&'static str, Value)>,
+    ) -> HookEnv {
+        let echo = EchoUpstream::start();
+        let url = format!("{}/", echo.url());
+        HookEnv::launch(t, "scenarios.py", tag, extra, &url, Some(echo), apis)
+    }
+
+    /// The scenario plugin over `t` in front of `up` (owned by the test); `apis(up_url)`.
+    fn scripted(
+        t: Transport,
+        tag: &str,
+        up: &ScriptedUpstream,
+        apis: impl FnOnce(&str) -> Vec<(&'static str, Value)>,
+    ) -> HookEnv {
+        let url = format!("{}/", up.url());
+        HookEnv::launch(t, "scenarios.py", tag, json!({}), &url, None, apis)
+    }
+
+    /// A pipe plugin child running `tests/plugins/<script>` in front of an echo upstream.
+    fn start_pipe_script(
+        tag: &str,
+        script: &str,
+        extra: Value,
+        apis: impl FnOnce(&str) -> Vec<(&'static str, Value)>,
+    ) -> HookEnv {
+        let echo = EchoUpstream::start();
+        let url = format!("{}/", echo.url());
+        HookEnv::launch(Transport::Pipe, script, tag, extra, &url, Some(echo), apis)
+    }
+
+    /// Writes the configuration, starts the plugin (the gRPC server; the gateway starts a pipe
+    /// child itself) and then the gateway. `pipe_script` is the child for [`Transport::Pipe`];
+    /// the gRPC server always serves the scenarios.
+    fn launch(
+        t: Transport,
+        pipe_script: &str,
+        tag: &str,
+        extra: Value,
+        upstream_url: &str,
+        echo: Option<EchoUpstream>,
         apis: impl FnOnce(&str) -> Vec<(&'static str, Value)>,
     ) -> HookEnv {
         let sb = Sandbox::new(tag);
-        let echo = EchoUpstream::start();
         let log = sb.dir().join("calls.log");
-        let mut conf = conf_with(conf_patch);
-        if conf["coprocess_options"].is_object() {
-            merge(
-                &mut conf,
-                json!({ "coprocess_options": { "pipe_env": {
-                    "SCENARIO_LOG": log.to_string_lossy()
-                } } }),
-            );
-        }
-        sb.write_conf(&conf);
-        for (name, api) in apis(&format!("{}/", echo.url())) {
+        let (mut cp, server) = match t {
+            Transport::Pipe => (
+                json!({
+                    "pipe_command": ["python3", plugin_script(pipe_script)],
+                    "pipe_env": { "SCENARIO_LOG": log.to_string_lossy() },
+                }),
+                None,
+            ),
+            Transport::GrpcTcp | Transport::GrpcUnix => {
+                let listen = if t == Transport::GrpcTcp {
+                    "tcp://127.0.0.1:0".to_string()
+                } else {
+                    format!("unix://{}", sb.dir().join("plugin.sock").display())
+                };
+                let server = GrpcServer::start(&listen, &log);
+                (
+                    json!({ "coprocess_grpc_server": server.target.clone() }),
+                    Some(server),
+                )
+            }
+        };
+        merge(
+            &mut cp,
+            json!({ "enable_coprocess": true, "hook_timeout_ms": 30000 }),
+        );
+        merge(&mut cp, extra);
+        sb.write_conf(&conf_with(json!({ "coprocess_options": cp })));
+        for (name, mut api) in apis(upstream_url) {
+            if api["custom_middleware"].is_object() {
+                api["custom_middleware"]["driver"] = json!(t.driver());
+            }
             sb.write_api(name, &api);
         }
         let gw = Gateway::start(&sb);
         HookEnv {
             gw,
+            _server: server,
             _echo: echo,
             sb,
         }
@@ -125,27 +375,12 @@ impl HookEnv {
         self.gw.send(&r.close().to_bytes())
     }
 
-    /// The hook calls scenarios.py recorded so far, in order.
+    /// The hook calls the plugin recorded so far, in order.
     fn calls(&self) -> Vec<String> {
         fs::read_to_string(self.sb.dir().join("calls.log"))
             .map(|s| s.lines().map(str::to_string).collect())
             .unwrap_or_default()
     }
-}
-
-/// A gateway running scenarios.py in front of a scripted upstream `up`, with `apis(up_url)`.
-fn scripted_gateway(
-    tag: &str,
-    up: &ScriptedUpstream,
-    apis: impl FnOnce(&str) -> Vec<(&'static str, Value)>,
-) -> (Gateway, Sandbox) {
-    let sb = Sandbox::new(tag);
-    sb.write_conf(&conf_with(coprocess("scenarios.py", json!({}))));
-    for (name, api) in apis(&format!("{}/", up.url())) {
-        sb.write_api(name, &api);
-    }
-    let gw = Gateway::start(&sb);
-    (gw, sb)
 }
 
 /// The request the scripted upstream read after the first `before` ones.
@@ -217,40 +452,40 @@ fn inspected(e: &Echoed) -> Value {
 /// Tyk 2.5 step 2: delete_headers then set_headers (replacing), on pre and post hooks alike; the
 /// hook sees the full path including the listen path (2.3, point 8). A scripted upstream records
 /// every header line, so a header appended instead of replaced would show.
-#[test]
-fn pre_and_post_hooks_set_and_delete_headers_seen_upstream() {
+fn pre_and_post_hooks_set_and_delete_headers_seen_upstream(t: Transport) {
     let up = ScriptedUpstream::always(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok".to_vec());
-    let sb = Sandbox::new("hdrs");
-    sb.write_conf(&conf_with(coprocess("scenarios.py", json!({}))));
-    let target = format!("{}/", up.url());
-    sb.write_api(
-        "pre",
-        &hooked_api(
-            "pre",
-            "/pre/",
-            &target,
-            json!({"pre": [{"name": "AddHeaders"}]}),
-        ),
-    );
-    sb.write_api(
-        "post",
-        &hooked_api(
-            "post",
-            "/post/",
-            &target,
-            json!({"post": [{"name": "AddHeaders"}]}),
-        ),
-    );
-    sb.write_api(
-        "off",
-        &hooked_api(
-            "off",
-            "/off/",
-            &target,
-            json!({"pre": [{"name": "AddHeaders", "disabled": true}]}),
-        ),
-    );
-    let gw = Gateway::start(&sb);
+    let env = HookEnv::scripted(t, "hdrs", &up, |target| {
+        vec![
+            (
+                "pre",
+                hooked_api(
+                    "pre",
+                    "/pre/",
+                    target,
+                    json!({"pre": [{"name": "AddHeaders"}]}),
+                ),
+            ),
+            (
+                "post",
+                hooked_api(
+                    "post",
+                    "/post/",
+                    target,
+                    json!({"post": [{"name": "AddHeaders"}]}),
+                ),
+            ),
+            (
+                "off",
+                hooked_api(
+                    "off",
+                    "/off/",
+                    target,
+                    json!({"pre": [{"name": "AddHeaders", "disabled": true}]}),
+                ),
+            ),
+        ]
+    });
+    let gw = &env.gw;
 
     for lp in ["/pre/", "/post/"] {
         let before = up.requests().len();
@@ -306,10 +541,9 @@ fn pre_and_post_hooks_set_and_delete_headers_seen_upstream() {
 
 /// Tyk's setCustomHeader canonicalizes set_headers names (`x-lower-set` goes out as
 /// `X-Lower-Set`); delete_headers matches names in any case (Header.Del canonicalizes too).
-#[test]
-fn set_headers_names_are_canonical_and_delete_ignores_case() {
+fn set_headers_names_are_canonical_and_delete_ignores_case(t: Transport) {
     let up = ScriptedUpstream::always(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok".to_vec());
-    let (gw, _sb) = scripted_gateway("lower", &up, |target| {
+    let env = HookEnv::scripted(t, "lower", &up, |target| {
         vec![(
             "lower",
             hooked_api(
@@ -320,6 +554,7 @@ fn set_headers_names_are_canonical_and_delete_ignores_case() {
             ),
         )]
     });
+    let gw = &env.gw;
     let r = gw.send(
         &req("GET", "/lower/x")
             .header("X-Remove-Me", "gone")
@@ -339,9 +574,8 @@ fn set_headers_names_are_canonical_and_delete_ignores_case() {
 
 /// Tyk 2.5 steps 3 and 6: delete_params, then add_params replacing existing values, then the
 /// query is re-encoded with sorted keys (Go's url.Values.Encode).
-#[test]
-fn pre_hook_adds_and_deletes_params_query_reencoded_sorted() {
-    let env = HookEnv::start("params", coprocess("scenarios.py", json!({})), |up| {
+fn pre_hook_adds_and_deletes_params_query_reencoded_sorted(t: Transport) {
+    let env = HookEnv::start(t, "params", json!({}), |up| {
         vec![(
             "params",
             hooked_api(
@@ -371,9 +605,8 @@ fn pre_hook_adds_and_deletes_params_query_reencoded_sorted() {
 /// Tyk 2.5 steps 4-6: `url` replaces the path (the listen path is stripped only if the new path
 /// still starts with it), `method` replaces the method, and the query stays the original one
 /// (a query changed through `url` is reverted); the body is kept.
-#[test]
-fn pre_hook_rewrites_url_and_method() {
-    let env = HookEnv::start("rewrite", coprocess("scenarios.py", json!({})), |up| {
+fn pre_hook_rewrites_url_and_method(t: Transport) {
+    let env = HookEnv::start(t, "rewrite", json!({}), |up| {
         vec![(
             "rw",
             hooked_api("rw", "/rw/", up, json!({"pre": [{"name": "Rewrite"}]})),
@@ -397,9 +630,8 @@ fn pre_hook_rewrites_url_and_method() {
 
 /// Tyk 2.5 step 4: a `url` that does not parse as a request URI is 500 "Middleware error"; a
 /// space in it is escaped on the request line (Go writes URL.EscapedPath()).
-#[test]
-fn hook_url_that_does_not_parse_is_500_and_spaces_are_escaped() {
-    let env = HookEnv::start("badurl", coprocess("scenarios.py", json!({})), |up| {
+fn hook_url_that_does_not_parse_is_500_and_spaces_are_escaped(t: Transport) {
+    let env = HookEnv::start(t, "badurl", json!({}), |up| {
         vec![
             (
                 "badurl",
@@ -429,9 +661,8 @@ fn hook_url_that_does_not_parse_is_500_and_spaces_are_escaped() {
 
 /// Tyk 2.5 step 1: `raw_body` replaces the body and Content-Length follows it; `body` (the string)
 /// is ignored on return; a plugin that echoes the whole object changes nothing it did not mean to.
-#[test]
-fn pre_hook_replaces_raw_body_and_content_length_follows() {
-    let env = HookEnv::start("body", coprocess("scenarios.py", json!({})), |up| {
+fn pre_hook_replaces_raw_body_and_content_length_follows(t: Transport) {
+    let env = HookEnv::start(t, "body", json!({}), |up| {
         vec![
             (
                 "body",
@@ -499,9 +730,8 @@ fn pre_hook_replaces_raw_body_and_content_length_follows() {
 
 /// Tyk 2.4: the hook gets the body as `raw_body` (bytes) and, when it is UTF-8 and the hook is not
 /// `raw_body_only`, also as the `body` string.
-#[test]
-fn hook_sees_body_as_body_and_raw_body() {
-    let env = HookEnv::start("seebody", coprocess("scenarios.py", json!({})), |up| {
+fn hook_sees_body_as_body_and_raw_body(t: Transport) {
+    let env = HookEnv::start(t, "seebody", json!({}), |up| {
         vec![
             (
                 "see",
@@ -555,9 +785,8 @@ fn hook_sees_body_as_body_and_raw_body() {
 }
 
 /// Tyk 2.4 (BuildObject): every field of the object a pre hook receives.
-#[test]
-fn pre_hook_object_mirrors_tyk_build_object() {
-    let env = HookEnv::start("inspect", coprocess("scenarios.py", json!({})), |up| {
+fn pre_hook_object_mirrors_tyk_build_object(t: Transport) {
+    let env = HookEnv::start(t, "inspect", json!({}), |up| {
         vec![(
             "inspect",
             hooked_api(
@@ -621,9 +850,8 @@ fn pre_hook_object_mirrors_tyk_build_object() {
 /// Tyk 2.4: `spec` carries APIID, OrgID, bundle_hash (MD5 of "" without a bundle) and the
 /// API's config_data as Go's json.Marshal writes it (sorted keys, HTML-safe escapes, numbers as
 /// float64), and no config_data when config_data_disabled is set or it is empty.
-#[test]
-fn spec_carries_ids_bundle_hash_and_sorted_config_data() {
-    let env = HookEnv::start("spec", coprocess("scenarios.py", json!({})), |up| {
+fn spec_carries_ids_bundle_hash_and_sorted_config_data(t: Transport) {
+    let env = HookEnv::start(t, "spec", json!({}), |up| {
         let mw = json!({"pre": [{"name": "Spec"}]});
         let mut on = hooked_api("spec-on", "/spec-on/", up, mw.clone());
         on["config_data"] =
@@ -684,9 +912,8 @@ enum Body {
 /// `?status`, with `response_body` "foobar" or `response_error` `{"foo": "bar"}`, and maybe
 /// `override_error`. Codes >= 400 without override_error render Tyk's error template; everything
 /// else is written raw. Every case carries X-Foo.
-#[test]
-fn response_override_table_matches_tyk() {
-    let env = HookEnv::start("override", coprocess("scenarios.py", json!({})), |up| {
+fn response_override_table_matches_tyk(t: Transport) {
+    let env = HookEnv::start(t, "override", json!({}), |up| {
         vec![(
             "test",
             hooked_api("test", "/test/", up, json!({"pre": [{"name": "Override"}]})),
@@ -743,9 +970,8 @@ fn response_override_table_matches_tyk() {
 
 /// Each hook sees the request as the earlier hooks left it (Tyk rebuilds the object from the
 /// modified request): headers, re-encoded query and params, and the new body.
-#[test]
-fn later_hooks_see_earlier_hooks_changes() {
-    let env = HookEnv::start("chain", coprocess("scenarios.py", json!({})), |up| {
+fn later_hooks_see_earlier_hooks_changes(t: Transport) {
+    let env = HookEnv::start(t, "chain", json!({}), |up| {
         let mw = json!({"pre": [
             {"name": "AddHeaders"}, {"name": "Params"}, {"name": "Body"}, {"name": "Inspect"}
         ]});
@@ -777,10 +1003,9 @@ fn later_hooks_see_earlier_hooks_changes() {
 /// A short-circuit (return_overrides) or an error ends the chain: no later request hook, no
 /// upstream, no response hook (Tyk writes the reply and stops). Response hooks do not run on a
 /// gateway error either (an unreachable upstream).
-#[test]
-fn short_circuit_and_errors_skip_the_rest_of_the_chain() {
+fn short_circuit_and_errors_skip_the_rest_of_the_chain(t: Transport) {
     let down = refused_addr();
-    let env = HookEnv::start("shortcircuit", coprocess("scenarios.py", json!({})), |up| {
+    let env = HookEnv::start(t, "shortcircuit", json!({}), |up| {
         vec![
             (
                 "sc",
@@ -836,8 +1061,7 @@ fn short_circuit_and_errors_skip_the_rest_of_the_chain() {
 /// CR/LF in header names or values a plugin returns (set_headers, response headers,
 /// return_overrides headers) never becomes an extra header line on the wire: no header injection
 /// towards the upstream or the client, whatever else the gateway does with the value.
-#[test]
-fn crlf_in_plugin_headers_never_reaches_the_wire() {
+fn crlf_in_plugin_headers_never_reaches_the_wire(t: Transport) {
     // The upstream keeps every request head as raw bytes, parsable or not (a head with an
     // injected line may not parse), and answers each with a fixed response.
     let heads: Arc<Mutex<Vec<Vec<u8>>>> = Arc::default();
@@ -859,7 +1083,7 @@ fn crlf_in_plugin_headers_never_reaches_the_wire() {
             b"HTTP/1.1 200 OK\r\nX-Up: u\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok",
         );
     });
-    let (gw, _sb) = scripted_gateway("crlf", &up, |target| {
+    let env = HookEnv::scripted(t, "crlf", &up, |target| {
         vec![
             (
                 "inj",
@@ -894,6 +1118,7 @@ fn crlf_in_plugin_headers_never_reaches_the_wire() {
             ),
         ]
     });
+    let gw = &env.gw;
     // Every direction is checked before failing, so the report lists each one that leaks.
     let mut leaks = Vec::new();
     let r = gw.get("/inj/");
@@ -934,9 +1159,8 @@ fn crlf_in_plugin_headers_never_reaches_the_wire() {
 /// "bad key"); a session without a token is 403 "Forbidden"; a failing auth hook is 403 "Key not
 /// authorised"; an auth hook may short-circuit with a 200 override. Denied requests reach neither
 /// post_key_auth nor the upstream.
-#[test]
-fn auth_check_allows_denies_and_passes_the_session_on() {
-    let env = HookEnv::start("auth", coprocess("scenarios.py", json!({})), |up| {
+fn auth_check_allows_denies_and_passes_the_session_on(t: Transport) {
+    let env = HookEnv::start(t, "auth", json!({}), |up| {
         vec![
             (
                 "auth",
@@ -1038,9 +1262,8 @@ fn auth_check_allows_denies_and_passes_the_session_on() {
 
 /// Tyk 2.4: with plugin auth on and no auth_check named, the auth hook is still dispatched, with
 /// an empty hook_name; a plugin that returns no session gets 403 "Forbidden" (TestGRPCIgnore).
-#[test]
-fn auth_check_without_a_name_dispatches_an_empty_hook_name() {
-    let env = HookEnv::start("authnoname", coprocess("scenarios.py", json!({})), |up| {
+fn auth_check_without_a_name_dispatches_an_empty_hook_name(t: Transport) {
+    let env = HookEnv::start(t, "authnoname", json!({}), |up| {
         vec![(
             "noname",
             protected_api(
@@ -1061,9 +1284,8 @@ fn auth_check_without_a_name_dispatches_an_empty_hook_name() {
 
 /// Tyk 2.3: auth_check and post_key_auth are never registered on keyless APIs, even with plugin
 /// auth switched on; pre and post still run.
-#[test]
-fn auth_and_post_key_auth_never_run_on_keyless_apis() {
-    let env = HookEnv::start("keyless", coprocess("scenarios.py", json!({})), |up| {
+fn auth_and_post_key_auth_never_run_on_keyless_apis(t: Transport) {
+    let env = HookEnv::start(t, "keyless", json!({}), |up| {
         let mut api = hooked_api(
             "keyless",
             "/keyless/",
@@ -1095,9 +1317,8 @@ fn auth_and_post_key_auth_never_run_on_keyless_apis() {
 }
 
 /// Tyk 2.3: pre, auth_check, post_key_auth, post, upstream, response: one call each, in order.
-#[test]
-fn hooks_run_in_tyk_order() {
-    let env = HookEnv::start("order", coprocess("scenarios.py", json!({})), |up| {
+fn hooks_run_in_tyk_order(t: Transport) {
+    let env = HookEnv::start(t, "order", json!({}), |up| {
         vec![(
             "order",
             protected_api(
@@ -1136,9 +1357,8 @@ fn hooks_run_in_tyk_order() {
 
 /// Tyk 2.9: a response hook sets the status, the headers and the body (raw_body), and
 /// Content-Length always matches the new body, also when the upstream answered chunked.
-#[test]
-fn response_hook_changes_status_headers_and_body() {
-    let env = HookEnv::start("resp", coprocess("scenarios.py", json!({})), |up| {
+fn response_hook_changes_status_headers_and_body(t: Transport) {
+    let env = HookEnv::start(t, "resp", json!({}), |up| {
         vec![
             (
                 "resp",
@@ -1255,13 +1475,12 @@ fn response_hook_changes_status_headers_and_body() {
 /// Tyk 2.9 header rules: the reply's `headers` replace the first value of each multivalue entry
 /// (so three Set-Cookie lines survive a hook that echoes `headers`), and entries whose key is not
 /// in `headers` are dropped. Content-Length always follows the new body.
-#[test]
-fn response_hook_header_sync_follows_tyk() {
+fn response_hook_header_sync_follows_tyk(t: Transport) {
     let up = ScriptedUpstream::always(
         b"HTTP/1.1 200 OK\r\nSet-Cookie: a=1\r\nSet-Cookie: b=2\r\nSet-Cookie: c=3\r\nX-Up: u\r\nContent-Length: 2\r\n\r\nok"
             .to_vec(),
     );
-    let (gw, _sb) = scripted_gateway("sync", &up, |target| {
+    let env = HookEnv::scripted(t, "sync", &up, |target| {
         vec![
             (
                 "keep",
@@ -1283,6 +1502,7 @@ fn response_hook_header_sync_follows_tyk() {
             ),
         ]
     });
+    let gw = &env.gw;
     let r = gw.get("/keep/");
     assert_eq!(r.status, 201, "{r:?}");
     assert_eq!(r.header_all("Set-Cookie"), ["a=1", "b=2", "c=3"], "{r:?}");
@@ -1301,9 +1521,8 @@ fn response_hook_header_sync_follows_tyk() {
 }
 
 /// A response hook that fails is 500 "Middleware error" (Tyk 2.9).
-#[test]
-fn response_hook_failure_is_500() {
-    let env = HookEnv::start("respfail", coprocess("scenarios.py", json!({})), |up| {
+fn response_hook_failure_is_500(t: Transport) {
+    let env = HookEnv::start(t, "respfail", json!({}), |up| {
         vec![(
             "fail",
             hooked_api(
@@ -1317,27 +1536,50 @@ fn response_hook_failure_is_500() {
     assert_error(&env.get("/fail/"), 500, "Middleware error");
 }
 
-/// A response hook that replies with no `response` (e.g. `{"id": N, "object": {}}`, which the
-/// Node and Rust SDKs send for "no change") leaves the response unchanged: in the pipe protocol
-/// an absent field means unchanged. (Tyk's gRPC path answers 500 for a nil response, but a gRPC
-/// plugin cannot leave fields out the way a pipe plugin is told it may.)
-#[test]
-fn response_hook_reply_without_response_leaves_it_unchanged() {
-    let env = HookEnv::start("respnoop", coprocess("scenarios.py", json!({})), |up| {
-        vec![(
-            "noop",
-            hooked_api(
+/// A response hook's "no change" reply.
+///
+/// Pipe: a reply with no `response` (e.g. `{"id": N, "object": {}}`, which the Node and Rust
+/// SDKs send for "no change") leaves the response unchanged: in the pipe protocol an absent field
+/// means unchanged.
+///
+/// gRPC (proto3 differs): a gRPC server cannot leave fields out, so "no change" is the echoed
+/// object (scenarios_grpc.py answers `Noop` so, as Tyk's servers do), which leaves the response
+/// unchanged too. An Object that really comes back without `response` (scenario `NoResponse`) is
+/// what Tyk answers 500 "Middleware error" for (tyk-coprocess.md 2.9 step 2:
+/// `returned.response == nil`), and it must not reach the upstream's response through unchanged.
+fn response_hook_reply_without_response(t: Transport) {
+    let env = HookEnv::start(t, "respnoop", json!({}), |up| {
+        vec![
+            (
                 "noop",
-                "/noop/",
-                up,
-                json!({"response": [{"name": "Noop"}]}),
+                hooked_api(
+                    "noop",
+                    "/noop/",
+                    up,
+                    json!({"response": [{"name": "Noop"}]}),
+                ),
             ),
-        )]
+            (
+                "noresp",
+                hooked_api(
+                    "noresp",
+                    "/noresp/",
+                    up,
+                    json!({"response": [{"name": "NoResponse"}]}),
+                ),
+            ),
+        ]
     });
     let r = env.send(req("GET", "/noop/n").token("tok-noop"));
     let e = upstream_saw(&r);
     assert_eq!(e.path, "/n", "{r:?}");
     assert_eq!(r.header("X-Echo-Token"), Some("tok-noop"), "{r:?}");
+
+    if t.is_grpc() {
+        let r = env.send(req("GET", "/noresp/n").token("tok-noresp"));
+        assert_error(&r, 500, "Middleware error");
+        assert_eq!(env.calls(), ["Response Noop", "Response NoResponse"]);
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1346,9 +1588,8 @@ fn response_hook_reply_without_response_leaves_it_unchanged() {
 
 /// A hook error reply is 500 "Middleware error" (Tyk 2.5, dispatch error); with fail_open (the
 /// gateway's or the hook's own) the request goes on unchanged.
-#[test]
-fn plugin_error_is_500_and_fail_open_proceeds_unchanged() {
-    let env = HookEnv::start("fail", coprocess("scenarios.py", json!({})), |up| {
+fn plugin_error_is_500_and_fail_open_proceeds_unchanged(t: Transport) {
+    let env = HookEnv::start(t, "fail", json!({}), |up| {
         vec![
             (
                 "pre",
@@ -1385,8 +1626,9 @@ fn plugin_error_is_500_and_fail_open_proceeds_unchanged() {
     drop(env);
 
     let env = HookEnv::start(
+        t,
         "failopen",
-        coprocess("scenarios.py", json!({"fail_open": true})),
+        json!({"fail_open": true}),
         |up| {
             vec![(
                 "pre",
@@ -1411,14 +1653,11 @@ fn plugin_error_is_500_and_fail_open_proceeds_unchanged() {
 /// fail_open is for hooks that enrich a request; it must not turn a protected API into an open
 /// one. An auth_check that fails (error reply or deadline) is still 403 "Key not authorised", as
 /// in Tyk, with the gateway-wide fail_open on.
-#[test]
-fn fail_open_never_opens_a_protected_api() {
+fn fail_open_never_opens_a_protected_api(t: Transport) {
     let env = HookEnv::start(
+        t,
         "failopenauth",
-        coprocess(
-            "scenarios.py",
-            json!({"fail_open": true, "hook_timeout_ms": 500}),
-        ),
+        json!({"fail_open": true, "hook_timeout_ms": 500}),
         |up| {
             vec![
                 (
@@ -1448,11 +1687,11 @@ fn fail_open_never_opens_a_protected_api() {
 
 /// A hook slower than its deadline is answered 500 "Middleware error" (403 "Key not authorised"
 /// for auth) without waiting for it; other requests keep being served meanwhile and after.
-#[test]
-fn hung_hook_is_answered_at_its_deadline() {
+fn hung_hook_is_answered_at_its_deadline(t: Transport) {
     let env = HookEnv::start(
+        t,
         "slow",
-        coprocess("scenarios.py", json!({"hook_timeout_ms": 500})),
+        json!({"hook_timeout_ms": 500}),
         |up| {
             vec![
                 (
@@ -1509,11 +1748,11 @@ fn hung_hook_is_answered_at_its_deadline() {
 
 /// A child that stops answering altogether (every reply blocked) has its calls answered 500 at
 /// their deadline, is killed as hung and restarted, and then serves again.
-#[test]
 fn frozen_child_is_killed_and_restarted() {
     let env = HookEnv::start(
+        Transport::Pipe,
         "freeze",
-        coprocess("scenarios.py", json!({"hook_timeout_ms": 500})),
+        json!({"hook_timeout_ms": 500}),
         |up| {
             vec![
                 (
@@ -1669,11 +1908,10 @@ impl Tally {
 /// 32 keep-alive clients × 320 requests (10,240) through a hook whose replies come back out of
 /// order (the plugin sleeps a varying time per request on a thread pool): every response carries
 /// its own request's token, as the upstream echoed it and as the plugin set it.
-#[test]
-fn out_of_order_replies_never_mix_up_requests_under_concurrency() {
+fn out_of_order_replies_never_mix_up_requests_under_concurrency(t: Transport) {
     const THREADS: usize = 32;
     const PER_THREAD: usize = 320;
-    let env = HookEnv::start("concurrency", coprocess("scenarios.py", json!({})), |up| {
+    let env = HookEnv::start(t, "concurrency", json!({}), |up| {
         vec![(
             "echo",
             hooked_api("echo", "/echo/", up, json!({"pre": [{"name": "Echo"}]})),
@@ -1708,9 +1946,8 @@ fn out_of_order_replies_never_mix_up_requests_under_concurrency() {
 
 /// 40 requests pipelined on one connection through the out-of-order `Echo` hook are answered in
 /// request order, each with its own data.
-#[test]
-fn pipelined_requests_through_a_hook_keep_their_order() {
-    let env = HookEnv::start("pipelined", coprocess("scenarios.py", json!({})), |up| {
+fn pipelined_requests_through_a_hook_keep_their_order(t: Transport) {
+    let env = HookEnv::start(t, "pipelined", json!({}), |up| {
         vec![(
             "echo",
             hooked_api("echo", "/echo/", up, json!({"pre": [{"name": "Echo"}]})),
@@ -1741,10 +1978,9 @@ fn pipelined_requests_through_a_hook_keep_their_order() {
 /// it exit, once by SIGKILL from outside): every request gets an answer (200 with its own data or
 /// a clean 500 "Middleware error"), the gateway stays up, the child comes back each time, and
 /// afterwards every request succeeds again.
-#[test]
 fn child_killed_mid_load_every_request_answered_and_child_back() {
     const THREADS: usize = 8;
-    let mut env = HookEnv::start("crash", coprocess("scenarios.py", json!({})), |up| {
+    let mut env = HookEnv::start(Transport::Pipe, "crash", json!({}), |up| {
         vec![
             (
                 "echo",
@@ -1879,9 +2115,8 @@ fn assert_violation_recovers(env: &HookEnv, bad: &str, name: &str, log_needle: &
 /// Garbage on the child's stdout (a non-MessagePack payload, a printed text line, a frame that is
 /// not a map) is a protocol error: the call is answered 500, the child is replaced, and the
 /// service recovers. A reply that is undecodable but names its call id fails only that call.
-#[test]
 fn garbage_on_stdout_restarts_the_child_and_service_recovers() {
-    let env = HookEnv::start("garbage", coprocess("hooks_garbage.py", json!({})), |up| {
+    let env = HookEnv::start_pipe_script("garbage", "hooks_garbage.py", json!({}), |up| {
         vec![
             (
                 "ok",
@@ -1933,11 +2168,11 @@ fn garbage_on_stdout_restarts_the_child_and_service_recovers() {
 /// Frames over max_frame_bytes: a child announcing a huge frame (length prefix only) or sending a
 /// complete oversized one is killed and replaced, its call answered 500; a request whose frame
 /// would exceed the limit is answered 500 (Tyk: gRPC message too large) without harming the child.
-#[test]
 fn oversized_frames_are_refused_and_service_recovers() {
-    let env = HookEnv::start(
+    let env = HookEnv::start_pipe_script(
         "oversized",
-        coprocess("hooks_oversized.py", json!({"max_frame_bytes": 65536})),
+        "hooks_oversized.py",
+        json!({"max_frame_bytes": 65536}),
         |up| {
             vec![
                 (
@@ -2022,7 +2257,6 @@ fn run_to_exit(conf: &Path, dir: &Path) -> (Option<ExitStatus>, String) {
 
 /// A pipe_command that cannot start, exits at once, or does not speak the protocol stops the
 /// gateway at start with a non-zero exit and a message naming the command.
-#[test]
 fn bad_pipe_command_fails_start_with_a_clear_error() {
     let missing = "/nonexistent/pipegate-test-no-such-plugin";
     // (argv, what the message must name, what it must say about the failure)
@@ -2080,11 +2314,11 @@ fn bad_pipe_command_fails_start_with_a_clear_error() {
 /// Sanity check of the scenario plugin's log (so the call-order assertions above can fail): with
 /// plugins switched off (`enable_coprocess: false`) hooks are skipped, as in Tyk, and nothing is
 /// dispatched.
-#[test]
-fn plugins_off_skips_hooks() {
+fn plugins_off_skips_hooks(t: Transport) {
     let env = HookEnv::start(
+        t,
         "off",
-        coprocess("scenarios.py", json!({"enable_coprocess": false})),
+        json!({"enable_coprocess": false}),
         |up| {
             vec![(
                 "api",
