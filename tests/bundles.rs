@@ -172,6 +172,7 @@ fn fast_fetch() -> FetchOptions {
         base_delay: Duration::from_millis(1),
         max_delay: Duration::from_millis(5),
         max_size: 100 * 1024 * 1024,
+        insecure_skip_verify: false,
     }
 }
 
@@ -1347,4 +1348,72 @@ fn concurrent_loads_of_one_bundle_download_once() {
     assert_eq!(server.hits(), 1);
     assert_eq!(fs::read(dirs[0].join("mw.py")).unwrap(), b"shared code");
     assert_eq!(bundles_dir_entries(&cfg), [bundle::md5_hex(b"shared.zip")]);
+}
+
+/// An https bundle server: Python's http.server wrapped in TLS with a self-signed certificate made
+/// by the openssl CLI. Returns the child and its base URL.
+fn https_server(s: &Scratch) -> (std::process::Child, String) {
+    let key = s.path("tls.key");
+    let cert = s.path("tls.crt");
+    let ok = Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj",
+        ])
+        .arg("/CN=127.0.0.1")
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("run openssl");
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    let script = r#"
+import http.server, ssl, sys, functools
+h = functools.partial(http.server.SimpleHTTPRequestHandler, directory=sys.argv[1])
+srv = http.server.HTTPServer(("127.0.0.1", 0), h)
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+ctx.load_cert_chain(sys.argv[2], sys.argv[3])
+srv.socket = ctx.wrap_socket(srv.socket, server_side=True)
+print(srv.server_address[1], flush=True)
+srv.serve_forever()
+"#;
+    let mut child = Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .arg(s.path("www"))
+        .arg(&cert)
+        .arg(&key)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start python https server");
+    let mut line = String::new();
+    let mut out = std::io::BufReader::new(child.stdout.take().expect("stdout"));
+    std::io::BufRead::read_line(&mut out, &mut line).expect("port line");
+    let port: u16 = line.trim().parse().expect("port number");
+    (child, format!("https://127.0.0.1:{port}/"))
+}
+
+#[test]
+fn https_bundle_urls_verify_certificates_unless_told_not_to() {
+    let s = Scratch::new("https");
+    s.write("www/b.zip", b"zip bytes over tls");
+    let (mut child, base) = https_server(&s);
+    let mut opts = fast_fetch();
+    opts.max_retries = 0;
+    // A self-signed certificate is refused by default...
+    let err = pipegate::bundle::fetch(&base, "b.zip", &opts)
+        .expect_err("self-signed certificate accepted");
+    assert!(err.to_string().contains(&base), "{err}");
+    // ...and accepted with bundle_insecure_skip_verify.
+    opts.insecure_skip_verify = true;
+    let bytes =
+        pipegate::bundle::fetch(&base, "b.zip", &opts).expect("https fetch with verification off");
+    assert_eq!(bytes, b"zip bytes over tls");
+    let _ = child.kill();
+    let _ = child.wait();
 }

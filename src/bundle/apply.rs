@@ -20,6 +20,10 @@ pub fn bundle_config(gw: &GatewayConfig) -> BundleConfig {
         bundle_base_url: gw.bundle_base_url.clone(),
         public_key_path: gw.public_key_path.clone(),
         skip_verify_existing: gw.skip_verify_existing_plugin_bundle,
+        fetch: super::FetchOptions {
+            insecure_skip_verify: gw.bundle_insecure_skip_verify,
+            ..Default::default()
+        },
         ..BundleConfig::default()
     }
 }

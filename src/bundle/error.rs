@@ -279,8 +279,8 @@ impl fmt::Display for BundleError {
             InvalidUrl { url, reason } => write!(f, "invalid bundle URL {url:?}: {reason}"),
             UnknownScheme { url } => write!(
                 f,
-                "Unknown URL scheme in {url:?}: bundle_base_url must start with http:// or \
-                 file:// (https is not built into this pipegate yet)"
+                "Unknown URL scheme in {url:?}: bundle_base_url must start with http://, \
+                 https:// or file://"
             ),
             HttpStatus { url, code } => {
                 write!(f, "HTTP Error, got status code {code} from {url}")
