@@ -96,6 +96,10 @@ pub struct RequestState {
     pub resp_headers: Vec<(String, String)>,
     /// The request goes to the Gateway API (/tyk/), not through the chain.
     pub admin: bool,
+    /// A store operation for this request runs on a store thread.
+    pub store_pending: bool,
+    /// The ID extractor cache was consulted (and missed) for this request.
+    pub cache_checked: bool,
     /// The object of the pipe call in flight and its hook, kept only when gRPC fallback is on.
     pub retry: Option<(Box<Object>, HookDef)>,
     /// A body file written for the call in flight, deleted when it is answered.
@@ -130,6 +134,8 @@ impl RequestState {
         self.auth_id = None;
         self.resp_headers.clear();
         self.admin = false;
+        self.store_pending = false;
+        self.cache_checked = false;
         self.retry = None;
         if let Some(f) = self.spilled.take() {
             crate::coprocess::bodyfile::remove(&f);

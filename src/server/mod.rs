@@ -24,6 +24,9 @@ use crate::config::{self, Snapshot};
 use crate::coprocess::grpc::{GrpcClient, GrpcOptions};
 use crate::coprocess::pipe::{PipeClient, PipeOptions};
 
+/// Threads running Redis store operations (each blocks on one Redis round trip at a time).
+const STORE_THREADS: usize = 8;
+
 /// State shared by all workers.
 pub struct Shared {
     /// The configuration in force; requests pick it up when they start.
@@ -41,6 +44,9 @@ pub struct Shared {
     /// Sessions, keys, rate limits and quotas (embedded or Redis, from tyk.conf `storage`; a
     /// change of `storage` takes a restart).
     pub store: crate::store::Store,
+    /// Job queue of the store threads (Redis only: its calls block, so they never run on a
+    /// worker's event loop).
+    pub store_jobs: Option<crossbeam_channel::Sender<worker::StoreJob>>,
 }
 
 impl Shared {
@@ -220,6 +226,20 @@ pub fn start(
     };
     let store = crate::store::Store::from_config(&gw)
         .map_err(|e| format!("{}: storage: {e}", conf_path.display()))?;
+    let store_jobs = (store.kind() == crate::store::BackendKind::Redis).then(|| {
+        let (tx, rx) = crossbeam_channel::unbounded::<worker::StoreJob>();
+        for i in 0..STORE_THREADS {
+            let rx = rx.clone();
+            let _ = thread::Builder::new()
+                .name(format!("pipegate-store-{i}"))
+                .spawn(move || {
+                    for job in rx {
+                        job();
+                    }
+                });
+        }
+        tx
+    });
     let shared = Arc::new(Shared {
         snapshot: ArcSwap::from_pointee(snapshot),
         shutdown: AtomicBool::new(false),
@@ -227,6 +247,7 @@ pub fn start(
         wakers: Mutex::new(Vec::new()),
         pipe,
         grpc,
+        store_jobs,
         store,
     });
     let mut listeners = vec![first];

@@ -21,6 +21,7 @@ use super::Shared;
 use crate::config::{ApiDefinition, GatewayConfig, HookDef, Snapshot};
 use crate::coprocess::grpc::GrpcClient;
 use crate::coprocess::object::HookType;
+use crate::coprocess::object::SessionState;
 use crate::coprocess::pipe::{PipeClient, WorkerHandle};
 use crate::coprocess::{CallError, HookReply};
 use crate::http::{self, response, BodyKind, ChunkedDecoder};
@@ -29,6 +30,7 @@ use crate::middleware::chain::{
 };
 use crate::proxy::{self, Outbound, Pool, Upstream};
 use crate::{admin, store};
+use crossbeam_channel::{Receiver, Sender};
 
 const LISTENER: Token = Token(usize::MAX - 1);
 const WAKER: Token = Token(usize::MAX - 2);
@@ -73,6 +75,26 @@ pub struct Worker {
     grpc: Option<(Arc<GrpcClient>, WorkerHandle)>,
     /// Connections that yielded while still able to progress; driven again before polling.
     again: Vec<usize>,
+    /// This worker's waker (store threads wake it with their results).
+    waker: Arc<Waker>,
+    /// With a Redis store: the store threads' job queue and this worker's result channel.
+    store_jobs: Option<(Sender<StoreJob>, Sender<(u64, StoreDone)>)>,
+    /// Results of store operations done on the store threads.
+    store_replies: Option<Receiver<(u64, StoreDone)>>,
+}
+
+/// A store operation, run inline or on a store thread.
+type StoreOp = Box<dyn FnOnce(&Shared) -> StoreDone + Send>;
+/// A job for the store threads.
+pub type StoreJob = Box<dyn FnOnce() + Send>;
+
+/// The result of a store operation, applied to the request by [`Worker::apply_store_done`].
+enum StoreDone {
+    Token(Result<(String, SessionState), LocalResponse>),
+    Cache(String, Result<Option<SessionState>, LocalResponse>),
+    Stored(String, Result<SessionState, LocalResponse>),
+    Enforced(Result<(Vec<(String, String)>, SessionState), LocalResponse>),
+    Admin(LocalResponse),
 }
 
 /// How an API's hooks are served.
@@ -113,6 +135,13 @@ impl Worker {
             let h = p.register_worker(Arc::clone(&waker));
             (Arc::clone(p), h)
         });
+        let (store_jobs, store_replies) = match shared.store_jobs.clone() {
+            Some(jobs) => {
+                let (tx, rx) = crossbeam_channel::unbounded::<(u64, StoreDone)>();
+                (Some((jobs, tx)), Some(rx))
+            }
+            None => (None, None),
+        };
         let grpc = shared.grpc.as_ref().map(|g| {
             let h = g.register_worker(Arc::clone(&waker));
             (Arc::clone(g), h)
@@ -133,6 +162,9 @@ impl Worker {
                 pipe,
                 grpc,
                 again: Vec::with_capacity(64),
+                waker: Arc::clone(&waker),
+                store_jobs,
+                store_replies,
             },
             waker,
         ))
@@ -1405,18 +1437,29 @@ impl Worker {
                     self.start_proxy(ci);
                     return;
                 }
-                Step::TokenAuth => self.token_auth(ci, &api),
-                Step::Enforce => self.enforce_session(ci, &api),
-                Step::Hook(HookType::CustomKeyCheck, def) => match self.auth_cache(ci, &api) {
-                    Ok(true) => Ok(()),
-                    Ok(false) => break (HookType::CustomKeyCheck, def),
+                Step::TokenAuth => {
+                    let op = self.token_auth_op(ci, &api);
+                    self.store_step(ci, op)
+                }
+                Step::Enforce => match self.enforce_op(ci, &api) {
+                    Ok(op) => self.store_step(ci, op),
+                    Err(resp) => Err(resp),
+                },
+                Step::Hook(HookType::CustomKeyCheck, def) => match self.auth_cache_op(ci, &api) {
+                    Ok(Some(op)) => self.store_step(ci, op),
+                    Ok(None) => break (HookType::CustomKeyCheck, def),
                     Err(resp) => Err(resp),
                 },
                 Step::Hook(hook, def) => break (hook, def),
             };
-            if let Err(resp) = result {
-                self.respond_local(ci, resp);
-                return;
+            match result {
+                Ok(true) => {}
+                // Parked on the store; `on_store_reply` resumes the chain.
+                Ok(false) => return,
+                Err(resp) => {
+                    self.respond_local(ci, resp);
+                    return;
+                }
             }
         };
         let send_body = self.snapshot.gateway.coprocess.send_body;
@@ -1433,31 +1476,127 @@ impl Worker {
         self.dispatch(ci, hook, def, obj);
     }
 
-    /// Standard token auth: the session stored under the key in the API's auth header.
-    fn token_auth(&mut self, ci: usize, api: &ApiDefinition) -> Result<(), LocalResponse> {
+    /// Runs a store operation: inline for the embedded store (in-process maps), on the store
+    /// threads for Redis so that a slow or unreachable Redis never stalls this event loop.
+    /// `Ok(true)`: applied, go on; `Ok(false)`: parked until [`Worker::on_store_reply`].
+    fn store_step(&mut self, ci: usize, op: StoreOp) -> Result<bool, LocalResponse> {
+        let Some((jobs, tx)) = &self.store_jobs else {
+            let done = op(&self.shared);
+            return self.apply_store_done(ci, done);
+        };
         let c = &mut self.conns[ci];
+        let tag = tag_of(ci, c.generation);
+        let shared = Arc::clone(&self.shared);
+        let tx = tx.clone();
+        let waker = Arc::clone(&self.waker);
+        let job: StoreJob = Box::new(move || {
+            let done = op(&shared);
+            let _ = tx.send((tag, done));
+            let _ = waker.wake();
+        });
+        if jobs.send(job).is_err() {
+            return Err(LocalResponse::error(
+                503,
+                "Session store unavailable",
+                Vec::new(),
+            ));
+        }
+        c.req.store_pending = true;
+        c.st = St::Chain;
+        // Safety net only: the store answers within its own timeouts.
+        c.arm(Deadline::Hook, self.now + Duration::from_secs(30));
+        Ok(false)
+    }
+
+    /// Applies a store result to the request. `Ok(true)` continues the chain.
+    fn apply_store_done(&mut self, ci: usize, done: StoreDone) -> Result<bool, LocalResponse> {
+        let c = &mut self.conns[ci];
+        match done {
+            StoreDone::Token(res) => {
+                let (key, session) = res?;
+                // With plugin auth and token auth both on, `base_identity_provided_by` says whose
+                // session is the identity (Tyk: the plugin's unless it is "auth_token").
+                let token_identity = c
+                    .api
+                    .as_ref()
+                    .is_some_and(|a| a.base_identity_provided_by == "auth_token");
+                if c.req.session.is_none() || token_identity {
+                    c.req.session = Some(Box::new(session));
+                    c.req.session_key = Some(key);
+                }
+            }
+            StoreDone::Cache(id, res) => match res? {
+                Some(session) => {
+                    c.req.session = Some(Box::new(session));
+                    c.req.session_key = Some(id);
+                }
+                None => {
+                    // Cache miss: back to the auth phase, which now calls the plugin.
+                    c.req.auth_id = Some(id);
+                    c.req.cache_checked = true;
+                    c.req.phase = Phase::Auth;
+                }
+            },
+            StoreDone::Stored(id, res) => {
+                c.req.session = Some(Box::new(res?));
+                c.req.session_key = Some(id);
+            }
+            StoreDone::Enforced(res) => {
+                let (headers, session) = res?;
+                c.req.session = Some(Box::new(session));
+                c.req.resp_headers.extend(headers);
+            }
+            StoreDone::Admin(resp) => return Err(resp),
+        }
+        Ok(true)
+    }
+
+    /// A store operation finished on a store thread: resume the request.
+    fn on_store_reply(&mut self, tag: u64, done: StoreDone) {
+        let ci = (tag >> 32) as usize;
+        let Some(c) = self.conns.get_mut(ci) else {
+            return;
+        };
+        if c.generation != tag as u32 || !c.req.store_pending {
+            return;
+        }
+        c.req.store_pending = false;
+        match self.apply_store_done(ci, done) {
+            Ok(_) => self.run_chain(ci),
+            Err(resp) => self.respond_local(ci, resp),
+        }
+        if self.conns.contains(ci) {
+            self.drive(ci);
+        }
+    }
+
+    /// Standard token auth: the session stored under the key in the API's auth header.
+    fn token_auth_op(&self, ci: usize, api: &Arc<ApiDefinition>) -> StoreOp {
+        let c = &self.conns[ci];
         let value = c
             .head
             .header(&c.rbuf, &api.auth_header_name)
             .map(|v| String::from_utf8_lossy(v).into_owned());
-        let (key, session) = store::token_auth(&self.shared.store, api, value.as_deref())?;
-        // With plugin auth and token auth both on, `base_identity_provided_by` says whose session
-        // is the identity (Tyk: the plugin's unless it is "auth_token").
-        if c.req.session.is_none() || api.base_identity_provided_by == "auth_token" {
-            c.req.session = Some(Box::new(session));
-            c.req.session_key = Some(key);
-        }
-        Ok(())
+        let api = Arc::clone(api);
+        Box::new(move |sh: &Shared| {
+            StoreDone::Token(store::token_auth(&sh.store, &api, value.as_deref()))
+        })
     }
 
-    /// The ID extractor step before the auth hook: a cached, still-valid session skips the plugin
-    /// (`Ok(true)`); otherwise the extractor's session id is remembered for storing the plugin's
-    /// session (`Ok(false)`).
-    fn auth_cache(&mut self, ci: usize, api: &ApiDefinition) -> Result<bool, LocalResponse> {
+    /// The ID extractor step before the auth hook: `Ok(None)` calls the plugin; `Ok(Some(op))`
+    /// looks the extracted id up in the session cache first (a hit skips the plugin).
+    fn auth_cache_op(
+        &mut self,
+        ci: usize,
+        api: &Arc<ApiDefinition>,
+    ) -> Result<Option<StoreOp>, LocalResponse> {
         let Some(ex) = api.custom_middleware.id_extractor.as_ref() else {
-            return Ok(false);
+            return Ok(None);
         };
         let c = &mut self.conns[ci];
+        if c.req.cache_checked {
+            return Ok(None);
+        }
         let buf = &c.rbuf;
         let head = &c.head;
         let header = |name: &str| {
@@ -1475,20 +1614,15 @@ impl Worker {
             },
         };
         let id = store::id_extractor_key(api, ex, &req)?;
-        if let Some(session) =
-            store::cached_session(&self.shared.store, &id, std::time::SystemTime::now())?
-        {
-            c.req.session = Some(Box::new(session));
-            c.req.session_key = Some(id);
-            return Ok(true);
-        }
-        c.req.auth_id = Some(id);
-        Ok(false)
+        Ok(Some(Box::new(move |sh: &Shared| {
+            let res = store::cached_session(&sh.store, &id, std::time::SystemTime::now());
+            StoreDone::Cache(id, res)
+        })))
     }
 
     /// After the auth hook installed a session: store it (under the extractor's id, else the
-    /// plugin's token), keeping an existing session's quota.
-    fn store_plugin_session(&mut self, ci: usize) -> Result<(), LocalResponse> {
+    /// plugin's token), keeping an existing session's quota. `None` when nothing is stored.
+    fn store_session_op(&mut self, ci: usize) -> Option<StoreOp> {
         let c = &mut self.conns[ci];
         let token_identity = c
             .api
@@ -1498,58 +1632,74 @@ impl Worker {
             // The token's session is the identity: the plugin's is neither stored nor used.
             c.req.session = None;
             c.req.auth_id = None;
-            return Ok(());
+            return None;
         }
-        let Some(session) = c.req.session.as_mut() else {
-            return Ok(());
-        };
+        let mut session = (**c.req.session.as_ref()?).clone();
         let id = match c.req.auth_id.take() {
             Some(id) => id,
             None => session.key_id.clone().unwrap_or_default(),
         };
-        store::store_auth_session(&self.shared.store, &id, session)?;
-        c.req.session_key = Some(id);
-        Ok(())
+        Some(Box::new(move |sh: &Shared| {
+            let res = store::store_auth_session(&sh.store, &id, &mut session).map(|()| session);
+            StoreDone::Stored(id, res)
+        }))
     }
 
     /// Expiry, access rights, rate limit and quota for the authenticated session.
-    fn enforce_session(&mut self, ci: usize, api: &ApiDefinition) -> Result<(), LocalResponse> {
-        let c = &mut self.conns[ci];
-        let (Some(session), Some(key)) = (c.req.session.as_mut(), c.req.session_key.as_deref())
+    fn enforce_op(&self, ci: usize, api: &Arc<ApiDefinition>) -> Result<StoreOp, LocalResponse> {
+        let c = &self.conns[ci];
+        let (Some(session), Some(key)) = (c.req.session.as_ref(), c.req.session_key.as_ref())
         else {
             return Err(LocalResponse::error(403, "Forbidden", Vec::new()));
         };
-        let headers = store::enforce(
-            &self.shared.store,
-            key,
-            session,
-            api,
-            std::time::SystemTime::now(),
-        )?;
-        c.req.resp_headers.extend(headers);
-        Ok(())
+        let mut session = (**session).clone();
+        let key = key.clone();
+        let api = Arc::clone(api);
+        Ok(Box::new(move |sh: &Shared| {
+            let res = store::enforce(
+                &sh.store,
+                &key,
+                &mut session,
+                &api,
+                std::time::SystemTime::now(),
+            )
+            .map(|headers| (headers, session));
+            StoreDone::Enforced(res)
+        }))
     }
 
     /// Answers a Gateway API request (/tyk/...), body already buffered.
     fn handle_admin(&mut self, ci: usize) {
         let c = &self.conns[ci];
-        let shared = Arc::clone(&self.shared);
-        let reload = || shared.reload();
-        let req = admin::AdminRequest {
-            method: c.head.method.str(&c.rbuf),
-            path: c.head.path(&c.rbuf),
-            query: c.head.query(&c.rbuf),
-            secret_header: c.head.header(&c.rbuf, "x-tyk-authorization"),
-            body: &c.req.body,
-        };
-        let ctx = admin::AdminContext {
-            store: &self.shared.store,
-            snapshot: &self.snapshot,
-            reload: &reload,
-            allow_master_keys: false,
-        };
-        let resp = admin::handle(&req, &ctx);
-        self.respond_local(ci, resp);
+        let method = c.head.method.str(&c.rbuf).to_string();
+        let path = c.head.path(&c.rbuf).to_string();
+        let query = c.head.query(&c.rbuf).map(str::to_string);
+        let secret = c
+            .head
+            .header(&c.rbuf, "x-tyk-authorization")
+            .map(<[u8]>::to_vec);
+        let body = std::mem::take(&mut self.conns[ci].req.body);
+        let op: StoreOp = Box::new(move |sh: &Shared| {
+            let snapshot = sh.snapshot.load_full();
+            let reload = || sh.reload();
+            let req = admin::AdminRequest {
+                method: &method,
+                path: &path,
+                query: query.as_deref(),
+                secret_header: secret.as_deref(),
+                body: &body,
+            };
+            let ctx = admin::AdminContext {
+                store: &sh.store,
+                snapshot: &snapshot,
+                reload: &reload,
+                allow_master_keys: false,
+            };
+            StoreDone::Admin(admin::handle(&req, &ctx))
+        });
+        if let Err(resp) = self.store_step(ci, op) {
+            self.respond_local(ci, resp);
+        }
     }
 
     /// Sends a hook call and parks the connection on it.
@@ -1631,6 +1781,13 @@ impl Worker {
             .and_then(|(_, h)| h.replies.try_recv().ok())
         {
             self.on_hook_reply(r, true);
+        }
+        while let Some((tag, done)) = self
+            .store_replies
+            .as_ref()
+            .and_then(|rx| rx.try_recv().ok())
+        {
+            self.on_store_reply(tag, done);
         }
     }
 
@@ -1719,9 +1876,13 @@ impl Worker {
         c.req = state;
         let outcome = match outcome {
             Outcome::Continue if pending.hook == HookType::CustomKeyCheck => {
-                match self.store_plugin_session(ci) {
-                    Ok(()) => Outcome::Continue,
-                    Err(resp) => Outcome::Respond(resp),
+                match self.store_session_op(ci) {
+                    None => Outcome::Continue,
+                    Some(op) => match self.store_step(ci, op) {
+                        Ok(true) => Outcome::Continue,
+                        Ok(false) => return, // parked on the store
+                        Err(resp) => Outcome::Respond(resp),
+                    },
                 }
             }
             other => other,
