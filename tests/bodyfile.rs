@@ -9,7 +9,10 @@ use serde_json::json;
 fn plugin_env(tag: &str, threshold: u64) -> (Gateway, ScriptedUpstream, Sandbox) {
     let up = ScriptedUpstream::body_mirror();
     let sandbox = Sandbox::new(tag);
-    let plugin = format!("{}/tests/plugins/bodyfile_plugin.py", env!("CARGO_MANIFEST_DIR"));
+    let plugin = format!(
+        "{}/tests/plugins/bodyfile_plugin.py",
+        env!("CARGO_MANIFEST_DIR")
+    );
     sandbox.write_conf(&conf_with(json!({
         "coprocess_options": {
             "enable_coprocess": true,
@@ -32,7 +35,9 @@ fn plugin_env(tag: &str, threshold: u64) -> (Gateway, ScriptedUpstream, Sandbox)
 #[test]
 fn large_bodies_go_through_files_both_ways() {
     let (gw, _up, _sb) = plugin_env("bodyfile-large", 64 * 1024);
-    let body: Vec<u8> = (0..3_000_000u32).map(|i| b"abcxyz"[(i % 6) as usize]).collect();
+    let body: Vec<u8> = (0..3_000_000u32)
+        .map(|i| b"abcxyz"[(i % 6) as usize])
+        .collect();
     let mut c = gw.client();
     let r = c.request(&req("POST", "/bf/x").body(body.clone()).to_bytes());
     assert_eq!(r.status, 200, "{}", r.text());
@@ -50,7 +55,10 @@ fn large_bodies_go_through_files_both_ways() {
                 .collect()
         })
         .unwrap_or_default();
-    assert!(leftovers.is_empty(), "plugin files not deleted: {leftovers:?}");
+    assert!(
+        leftovers.is_empty(),
+        "plugin files not deleted: {leftovers:?}"
+    );
     gw.assert_no_panics();
 }
 

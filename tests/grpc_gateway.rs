@@ -498,11 +498,21 @@ fn server_down_at_start(listen: Listen) {
                 ),
                 (
                     "auth",
-                    protected_grpc_api("auth", "/auth/", up, json!({"auth_check": {"name": "Auth"}})),
+                    protected_grpc_api(
+                        "auth",
+                        "/auth/",
+                        up,
+                        json!({"auth_check": {"name": "Auth"}}),
+                    ),
                 ),
                 (
                     "resp",
-                    grpc_api("resp", "/resp/", up, json!({"response": [{"name": "Resp"}]})),
+                    grpc_api(
+                        "resp",
+                        "/resp/",
+                        up,
+                        json!({"response": [{"name": "Resp"}]}),
+                    ),
                 ),
             ]
         },
@@ -572,7 +582,11 @@ fn server_killed_mid_load_and_restarted(listen: Listen) {
         |up| echo_and_pid_apis(up, "grpc"),
     );
     let load = Load::start(&env.gw, THREADS);
-    assert!(load.wait_ok(200), "no load got through: {}", load.tally.report());
+    assert!(
+        load.wait_ok(200),
+        "no load got through: {}",
+        load.tally.report()
+    );
 
     if let Some(s) = env.server.as_mut() {
         s.kill();
@@ -590,7 +604,10 @@ fn server_killed_mid_load_and_restarted(listen: Listen) {
         load.tally.report()
     );
     let tally = load.finish();
-    eprintln!("load while the gRPC server was killed and restarted: {}", tally.report());
+    eprintln!(
+        "load while the gRPC server was killed and restarted: {}",
+        tally.report()
+    );
     assert_eq!(
         tally.bad_count.load(Ordering::Relaxed),
         0,
@@ -665,7 +682,12 @@ fn deadline_exceeded_is_a_clean_error_and_other_calls_go_on() {
                 ),
                 (
                     "fast",
-                    grpc_api("fast", "/fast/", up, json!({"pre": [{"name": "AddHeaders"}]})),
+                    grpc_api(
+                        "fast",
+                        "/fast/",
+                        up,
+                        json!({"pre": [{"name": "AddHeaders"}]}),
+                    ),
                 ),
                 (
                     "deadline",
@@ -692,12 +714,18 @@ fn deadline_exceeded_is_a_clean_error_and_other_calls_go_on() {
     // The deadline reaches the server: at most the hook's timeout (plus rounding) is left.
     let left = |target: &str| -> u64 {
         let e = upstream_saw(&env.get(target));
-        let v = e.header("X-Deadline-Left-Ms").unwrap_or("missing").to_string();
+        let v = e
+            .header("X-Deadline-Left-Ms")
+            .unwrap_or("missing")
+            .to_string();
         v.parse()
             .unwrap_or_else(|_| panic!("{target}: the server saw no deadline ({v}): {e:?}"))
     };
     let short = left("/deadline/");
-    assert!(short > 0 && short <= 4000, "hook_timeout_ms 3000, server saw {short} ms");
+    assert!(
+        short > 0 && short <= 4000,
+        "hook_timeout_ms 3000, server saw {short} ms"
+    );
     let long = left("/deadlinelong/");
     assert!(
         long > 3000 && long <= 21000,
@@ -730,7 +758,9 @@ fn deadline_exceeded_is_a_clean_error_and_other_calls_go_on() {
         assert_eq!(e.header("X-Pre"), Some("1"), "{e:?}");
     }
     for h in hung {
-        let r = h.join().unwrap_or_else(|_| panic!("a client thread panicked"));
+        let r = h
+            .join()
+            .unwrap_or_else(|_| panic!("a client thread panicked"));
         assert_error(&r, 500, "Middleware error");
     }
     assert!(
@@ -873,11 +903,7 @@ fn request_over_grpc_send_max_size_and_reply_over_default_limit_are_clear_500s()
 fn request_over_the_servers_limit_is_a_clear_500() {
     let sb = Sandbox::new("grpc-servermax");
     let log = sb.dir().join("calls.log");
-    let server = GrpcServer::start(
-        &Listen::Unix.fresh(&sb),
-        &log,
-        &["--max-message", "262144"],
-    );
+    let server = GrpcServer::start(&Listen::Unix.fresh(&sb), &log, &["--max-message", "262144"]);
     let address = server.target.clone();
     let env = Env::start(
         sb,
@@ -907,13 +933,20 @@ fn request_over_the_servers_limit_is_a_clear_500() {
 // proto3 replies the pipe cannot express
 // ---------------------------------------------------------------------------------------------
 
-/// A server that answers with an empty Object (no `request`, `session` or `response`: proto3's
-/// only "absent"). Tyk dereferences the missing request and panics (tyk-coprocess.md 2.5,
-/// inference); pipegate treats a missing message as "no change" (response_code 0): a pre hook
-/// lets the request through unchanged, body included, and an auth hook without a session is
-/// 403 "Forbidden", as for any auth reply without a session (2.6).
+/// Replies proto3 allows that a pipe plugin cannot send the same way.
+///
+/// An empty Object (no `request`, `session` or `response`: proto3's only "absent"): Tyk
+/// dereferences the missing request and panics (tyk-coprocess.md 2.5, inference); pipegate
+/// treats a missing message as "no change" (response_code 0), so a pre hook lets the request
+/// through unchanged, body included, and an auth hook without a session is 403 "Forbidden", as
+/// for any auth reply without a session (2.6).
+///
+/// A new Object carrying only the change (`request.set_headers`), i.e. a server that does not
+/// echo: proto3 cannot leave `url` out, so it comes back "", which Tyk's url.ParseRequestURI
+/// refuses: 500 "Middleware error" (2.5 step 4). The same reply over the pipe, where absent means
+/// unchanged, would just set the header.
 #[test]
-fn empty_object_reply_changes_nothing_and_never_authenticates() {
+fn proto3_empty_and_fresh_objects_follow_tyk() {
     let sb = Sandbox::new("grpc-empty");
     let log = sb.dir().join("calls.log");
     let server = GrpcServer::start(&Listen::Tcp.fresh(&sb), &log, &[]);
@@ -942,6 +975,15 @@ fn empty_object_reply_changes_nothing_and_never_authenticates() {
                         json!({"auth_check": {"name": "EmptyObject"}}),
                     ),
                 ),
+                (
+                    "fresh",
+                    grpc_api(
+                        "fresh",
+                        "/fresh/",
+                        up,
+                        json!({"pre": [{"name": "FreshObject"}]}),
+                    ),
+                ),
             ]
         },
     );
@@ -962,9 +1004,18 @@ fn empty_object_reply_changes_nothing_and_never_authenticates() {
         403,
         "Forbidden",
     );
+    assert_error(
+        &env.send(req("POST", "/fresh/x").body("body")),
+        500,
+        "Middleware error",
+    );
     assert_eq!(
         env.calls("calls.log"),
-        ["Pre EmptyObject", "CustomKeyCheck EmptyObject"]
+        [
+            "Pre EmptyObject",
+            "CustomKeyCheck EmptyObject",
+            "Pre FreshObject"
+        ]
     );
 }
 
@@ -1037,7 +1088,11 @@ fn fallback_serves_every_request_while_the_pipe_child_restarts() {
     );
 
     let load = Load::start(&env.gw, THREADS);
-    assert!(load.wait_ok(200), "no load got through: {}", load.tally.report());
+    assert!(
+        load.wait_ok(200),
+        "no load got through: {}",
+        load.tally.report()
+    );
     for round in 0..2 {
         let mark = env.gw.log().mark();
         kill_pid(child);
@@ -1051,7 +1106,10 @@ fn fallback_serves_every_request_while_the_pipe_child_restarts() {
         );
     }
     let tally = load.finish();
-    eprintln!("load while the pipe child was killed twice: {}", tally.report());
+    eprintln!(
+        "load while the pipe child was killed twice: {}",
+        tally.report()
+    );
     assert_eq!(
         tally.clean_errors() + tally.bad_count.load(Ordering::Relaxed),
         0,

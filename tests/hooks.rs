@@ -839,7 +839,7 @@ fn pre_hook_object_mirrors_tyk_build_object(t: Transport) {
     assert_eq!(r["body"], "hello", "{o}");
     assert_eq!(
         r["raw_body"]["bin"], 5,
-        "raw_body must be MessagePack bin (bytes in Python), not str: {o}"
+        "raw_body must arrive as bytes (MessagePack bin, protobuf bytes), not str: {o}"
     );
     assert_eq!(o["spec"]["APIID"], "inspect", "{o}");
     assert_eq!(o["spec"]["OrgID"], "test-org", "{o}");
@@ -1625,17 +1625,12 @@ fn plugin_error_is_500_and_fail_open_proceeds_unchanged(t: Transport) {
     );
     drop(env);
 
-    let env = HookEnv::start(
-        t,
-        "failopen",
-        json!({"fail_open": true}),
-        |up| {
-            vec![(
-                "pre",
-                hooked_api("pre", "/pre/", up, json!({"pre": [{"name": "Fail"}]})),
-            )]
-        },
-    );
+    let env = HookEnv::start(t, "failopen", json!({"fail_open": true}), |up| {
+        vec![(
+            "pre",
+            hooked_api("pre", "/pre/", up, json!({"pre": [{"name": "Fail"}]})),
+        )]
+    });
     let e = upstream_saw(
         &env.send(
             req("POST", "/pre/x?q=1")
@@ -1688,46 +1683,41 @@ fn fail_open_never_opens_a_protected_api(t: Transport) {
 /// A hook slower than its deadline is answered 500 "Middleware error" (403 "Key not authorised"
 /// for auth) without waiting for it; other requests keep being served meanwhile and after.
 fn hung_hook_is_answered_at_its_deadline(t: Transport) {
-    let env = HookEnv::start(
-        t,
-        "slow",
-        json!({"hook_timeout_ms": 500}),
-        |up| {
-            vec![
-                (
-                    "slow",
-                    hooked_api("slow", "/slow/", up, json!({"pre": [{"name": "Slow"}]})),
-                ),
-                (
+    let env = HookEnv::start(t, "slow", json!({"hook_timeout_ms": 500}), |up| {
+        vec![
+            (
+                "slow",
+                hooked_api("slow", "/slow/", up, json!({"pre": [{"name": "Slow"}]})),
+            ),
+            (
+                "fast",
+                hooked_api(
                     "fast",
-                    hooked_api(
-                        "fast",
-                        "/fast/",
-                        up,
-                        json!({"pre": [{"name": "AddHeaders"}]}),
-                    ),
+                    "/fast/",
+                    up,
+                    json!({"pre": [{"name": "AddHeaders"}]}),
                 ),
-                (
+            ),
+            (
+                "slowhook",
+                hooked_api(
                     "slowhook",
-                    hooked_api(
-                        "slowhook",
-                        "/slowhook/",
-                        up,
-                        json!({"pre": [{"name": "Slow", "timeout_ms": 300}]}),
-                    ),
+                    "/slowhook/",
+                    up,
+                    json!({"pre": [{"name": "Slow", "timeout_ms": 300}]}),
                 ),
-                (
+            ),
+            (
+                "slowauth",
+                protected_api(
                     "slowauth",
-                    protected_api(
-                        "slowauth",
-                        "/slowauth/",
-                        up,
-                        json!({"auth_check": {"name": "Slow"}}),
-                    ),
+                    "/slowauth/",
+                    up,
+                    json!({"auth_check": {"name": "Slow"}}),
                 ),
-            ]
-        },
-    );
+            ),
+        ]
+    });
     // Plenty of room above the 500 ms deadline, far below the hook's 20 s sleep.
     let started = Instant::now();
     assert_error(&env.get("/slow/?sleep=20"), 500, "Middleware error");
@@ -2315,17 +2305,12 @@ fn bad_pipe_command_fails_start_with_a_clear_error() {
 /// plugins switched off (`enable_coprocess: false`) hooks are skipped, as in Tyk, and nothing is
 /// dispatched.
 fn plugins_off_skips_hooks(t: Transport) {
-    let env = HookEnv::start(
-        t,
-        "off",
-        json!({"enable_coprocess": false}),
-        |up| {
-            vec![(
-                "api",
-                hooked_api("api", "/api/", up, json!({"pre": [{"name": "AddHeaders"}]})),
-            )]
-        },
-    );
+    let env = HookEnv::start(t, "off", json!({"enable_coprocess": false}), |up| {
+        vec![(
+            "api",
+            hooked_api("api", "/api/", up, json!({"pre": [{"name": "AddHeaders"}]})),
+        )]
+    });
     let e = upstream_saw(&env.get("/api/"));
     assert!(e.header("X-Pre").is_none(), "{e:?}");
     assert!(env.calls().is_empty(), "{:?}", env.calls());

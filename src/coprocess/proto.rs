@@ -1,5 +1,5 @@
 //! Tyk's coprocess protobuf messages (generated from `protocol/proto/*.proto` by `build.rs`) and
-//! the one conversion between them and the transport-neutral [`object`](super::object) model.
+//! the one conversion between them and the transport-neutral [`Object`] model.
 //!
 //! The generated code lives in [`pb`]: `pb::Object`, `pb::MiniRequestObject`, ..., the
 //! `pb::dispatcher_client::DispatcherClient` used by the gRPC transport, and

@@ -699,7 +699,9 @@ fn override_response(ro: ReturnOverrides) -> Option<LocalResponse> {
 
 /// Applies a response hook's reply to the buffered response (Tyk's
 /// `CustomMiddlewareResponseHook`): headers from `headers`/`multivalue_headers`, body from
-/// `raw_body`, status from `status_code`. A reply without `response` fails the request with 500.
+/// `raw_body`, status from `status_code`. A reply without `response` leaves the response
+/// unchanged (the pipe protocol's "absent = unchanged"; the worker answers 500 for gRPC replies
+/// without one, as Tyk does).
 pub fn apply_response_reply(resp: &mut LocalResponse, reply: Object) -> Result<(), LocalResponse> {
     // The pipe protocol lets a plugin send only what changed, so an absent `response` means
     // unchanged (Tyk's gRPC path answers 500 there; echoing servers always send it back).

@@ -78,15 +78,17 @@ pub struct Worker {
     /// This worker's waker (store threads wake it with their results).
     waker: Arc<Waker>,
     /// With a Redis store: the store threads' job queue and this worker's result channel.
-    store_jobs: Option<(Sender<StoreJob>, Sender<(u64, StoreDone)>)>,
+    store_jobs: Option<(Sender<StoreJob>, Sender<StoreResult>)>,
     /// Results of store operations done on the store threads.
-    store_replies: Option<Receiver<(u64, StoreDone)>>,
+    store_replies: Option<Receiver<StoreResult>>,
 }
 
 /// A store operation, run inline or on a store thread.
 type StoreOp = Box<dyn FnOnce(&Shared) -> StoreDone + Send>;
 /// A job for the store threads.
 pub type StoreJob = Box<dyn FnOnce() + Send>;
+/// A store operation's result, tagged with its connection and request generation.
+type StoreResult = (u64, StoreDone);
 
 /// The result of a store operation, applied to the request by [`Worker::apply_store_done`].
 enum StoreDone {
@@ -137,7 +139,7 @@ impl Worker {
         });
         let (store_jobs, store_replies) = match shared.store_jobs.clone() {
             Some(jobs) => {
-                let (tx, rx) = crossbeam_channel::unbounded::<(u64, StoreDone)>();
+                let (tx, rx) = crossbeam_channel::unbounded::<StoreResult>();
                 (Some((jobs, tx)), Some(rx))
             }
             None => (None, None),
@@ -1840,6 +1842,16 @@ impl Worker {
             let Some(mut resp) = c.req.response.take() else {
                 return;
             };
+            // Over gRPC (proto3: the server always answers a whole Object) a missing `response`
+            // is an error, as in Tyk; over the pipe it means "unchanged".
+            if pending.grpc && reply.response.is_none() {
+                self.after_hook(
+                    ci,
+                    HookType::Response,
+                    Outcome::Respond(LocalResponse::error(500, "Middleware error", Vec::new())),
+                );
+                return;
+            }
             match chain::apply_response_reply(&mut resp, reply) {
                 Ok(()) => {
                     c.req.response = Some(resp);

@@ -27,6 +27,8 @@ Scenarios that exist only here, because only gRPC can express them (the hook() l
 written for them too):
 - NoResponse: replies with the object minus its `response` (Tyk answers 500 for a response hook).
 - EmptyObject: replies with an empty Object (no request, no session, no response).
+- FreshObject: replies with a new Object whose request only has set_headers X-Fresh: 1, as a
+  server that builds its reply instead of echoing does (url, method and raw_body are then "").
 - BigReply: replaces raw_body with `?bytes=N` bytes (a reply over grpc_recv_max_size).
 - Deadline: sets X-Deadline-Left-Ms to the time left of the call's gRPC deadline ("none" if the
   gateway sent no deadline).
@@ -111,6 +113,9 @@ def make_dispatcher(pb, pb_grpc, json_format, descriptor):
     def empty_object(_obj, _context):
         return pb.Object()
 
+    def fresh_object(_obj, _context):
+        return pb.Object(request=pb.MiniRequestObject(set_headers={"X-Fresh": "1"}))
+
     def big_reply(obj, _context):
         size = int(obj.request.params.get("bytes", "0"))
         obj.request.raw_body = b"x" * size
@@ -125,6 +130,7 @@ def make_dispatcher(pb, pb_grpc, json_format, descriptor):
     grpc_only = {
         "NoResponse": no_response,
         "EmptyObject": empty_object,
+        "FreshObject": fresh_object,
         "BigReply": big_reply,
         "Deadline": deadline,
     }
