@@ -17,6 +17,16 @@ pub const MAX_PENDING_CLIENT: usize = 256 * 1024;
 /// Stop reading the client's body while this much is queued for the upstream.
 pub const MAX_PENDING_UPSTREAM: usize = 256 * 1024;
 
+/// Where request body bytes go.
+pub enum BodySink<'a> {
+    /// As received, framing included (streamed to the upstream).
+    Raw(&'a mut Vec<u8>),
+    /// Payload only (buffered for hooks).
+    Decoded(&'a mut Vec<u8>),
+    /// Nowhere (after a local answer, to reach the next request).
+    Discard,
+}
+
 /// Where a connection is in the life of its current request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum St {
@@ -191,6 +201,45 @@ impl Conn {
     #[inline]
     pub fn pending_write(&self) -> usize {
         self.wbuf.len() - self.wpos
+    }
+
+    /// Takes the request body bytes that have arrived (after the head), up to where the body
+    /// ends, following its framing, and hands them to `sink`; returns how many were taken.
+    /// Every mode (stream to the upstream, buffer for hooks, discard) frames the body here.
+    pub fn take_body(&mut self, sink: BodySink<'_>) -> Result<usize, crate::http::ChunkError> {
+        let start = self.head.head_len;
+        let avail = &self.rbuf[start..self.rlen];
+        let n = match self.req_body {
+            BodyKind::Length(_) => {
+                let n = self.req_remaining.min(avail.len() as u64) as usize;
+                self.req_remaining -= n as u64;
+                self.req_body_done = self.req_remaining == 0;
+                match sink {
+                    BodySink::Raw(out) | BodySink::Decoded(out) => {
+                        out.extend_from_slice(&avail[..n])
+                    }
+                    BodySink::Discard => {}
+                }
+                n
+            }
+            BodyKind::Chunked => {
+                let n = match sink {
+                    BodySink::Decoded(out) => self.req_chunk.feed(avail, Some(out))?,
+                    BodySink::Raw(out) => {
+                        let n = self.req_chunk.feed(avail, None)?;
+                        out.extend_from_slice(&avail[..n]);
+                        n
+                    }
+                    BodySink::Discard => self.req_chunk.feed(avail, None)?,
+                };
+                self.req_body_done = self.req_chunk.is_done();
+                n
+            }
+            BodyKind::None | BodyKind::UntilClose => 0,
+        };
+        self.req_body_seen += n as u64;
+        self.consume_after_head(n);
+        Ok(n)
     }
 
     /// Drops `n` bytes right after the head (consumed body bytes), keeping the head in place.

@@ -16,7 +16,7 @@ use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Token, Waker};
 use slab::Slab;
 
-use super::conn::{Conn, Deadline, St, MAX_PENDING_CLIENT, MAX_PENDING_UPSTREAM};
+use super::conn::{BodySink, Conn, Deadline, St, MAX_PENDING_CLIENT, MAX_PENDING_UPSTREAM};
 use super::Shared;
 use crate::config::{ApiDefinition, GatewayConfig, HookDef, Snapshot};
 use crate::coprocess::grpc::GrpcClient;
@@ -520,26 +520,8 @@ impl Worker {
         if c.pending_write() == 0 || !c.writable {
             return Ok(false);
         }
-        let mut moved = false;
-        while c.wpos < c.wbuf.len() {
-            match c.sock.write(&c.wbuf[c.wpos..]) {
-                Ok(0) => return Err(Abort),
-                Ok(n) => {
-                    c.wpos += n;
-                    moved = true;
-                }
-                Err(e) if e.kind() == ErrorKind::WouldBlock => {
-                    c.writable = false;
-                    break;
-                }
-                Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                Err(_) => return Err(Abort),
-            }
-        }
-        if c.wpos == c.wbuf.len() {
-            c.wbuf.clear();
-            c.wpos = 0;
-        }
+        let moved =
+            flush(&mut c.sock, &mut c.wbuf, &mut c.wpos, &mut c.writable).map_err(|_| Abort)?;
         if moved && c.deadline_kind == Deadline::Write {
             c.deadline = Some(self.now + self.snapshot.gateway.limits.write_timeout);
         }
@@ -574,29 +556,9 @@ impl Worker {
                 return Ok(false);
             }
         }
-        let mut moved = false;
-        loop {
-            if c.rlen == c.rbuf.len() {
-                break;
-            }
-            match c.sock.read(&mut c.rbuf[c.rlen..]) {
-                Ok(0) => {
-                    c.eof = true;
-                    moved = true;
-                    break;
-                }
-                Ok(n) => {
-                    c.rlen += n;
-                    moved = true;
-                }
-                Err(e) if e.kind() == ErrorKind::WouldBlock => {
-                    c.readable = false;
-                    break;
-                }
-                Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                Err(_) => return Err(Abort),
-            }
-        }
+        let (moved, eof) =
+            fill(&mut c.sock, &mut c.rbuf, &mut c.rlen, &mut c.readable).map_err(|_| Abort)?;
+        c.eof |= eof;
         if moved {
             match c.st {
                 St::Head if c.deadline_kind == Deadline::Idle && c.rlen > 0 => {
@@ -924,45 +886,20 @@ impl Worker {
         if u.pending_write() >= MAX_PENDING_UPSTREAM {
             return Ok(false);
         }
-        let avail = c.rlen - c.head.head_len;
-        if avail == 0 {
-            if c.eof {
-                return Err(Abort);
-            }
-            return Ok(false);
+        if c.rlen == c.head.head_len {
+            return if c.eof { Err(Abort) } else { Ok(false) };
         }
-        let start = c.head.head_len;
-        let n = match c.req_body {
-            BodyKind::Length(_) => {
-                let n = (c.req_remaining.min(avail as u64)) as usize;
-                c.req_remaining -= n as u64;
-                if c.req_remaining == 0 {
-                    c.req_body_done = true;
-                }
-                n
+        let n = match c.take_body(BodySink::Raw(&mut u.wbuf)) {
+            Ok(n) => n,
+            Err(_) => {
+                self.local_error(ci, 400, "Malformed chunked body", true);
+                return Ok(true);
             }
-            BodyKind::Chunked => {
-                let n = match c.req_chunk.feed(&c.rbuf[start..c.rlen], None) {
-                    Ok(n) => n,
-                    Err(_) => {
-                        self.local_error(ci, 400, "Malformed chunked body", true);
-                        return Ok(true);
-                    }
-                };
-                if c.req_chunk.is_done() {
-                    c.req_body_done = true;
-                }
-                n
-            }
-            _ => 0,
         };
-        c.req_body_seen += n as u64;
         if c.req_body_seen > max_body {
             self.local_error(ci, 413, "Request body too large", true);
             return Ok(true);
         }
-        u.wbuf.extend_from_slice(&c.rbuf[start..start + n]);
-        c.consume_after_head(n);
         if n > 0 && c.deadline_kind != Deadline::Connect {
             self.arm_exchange(ci);
         }
@@ -983,43 +920,19 @@ impl Worker {
             c.wbuf.extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
             c.sent_continue = true;
         }
-        let avail = c.rlen - c.head.head_len;
-        if avail == 0 {
-            if c.eof {
-                return Err(Abort);
-            }
-            return Ok(false);
+        if c.rlen == c.head.head_len {
+            return if c.eof { Err(Abort) } else { Ok(false) };
         }
-        let start = c.head.head_len;
-        let n = match c.req_body {
-            BodyKind::Length(_) => {
-                let n = (c.req_remaining.min(avail as u64)) as usize;
-                c.req_remaining -= n as u64;
-                c.req.body.extend_from_slice(&c.rbuf[start..start + n]);
-                if c.req_remaining == 0 {
-                    c.req_body_done = true;
-                }
-                n
+        let mut body = std::mem::take(&mut c.req.body);
+        let taken = c.take_body(BodySink::Decoded(&mut body));
+        c.req.body = body;
+        let n = match taken {
+            Ok(n) => n,
+            Err(_) => {
+                self.local_error(ci, 400, "Malformed chunked body", true);
+                return Ok(true);
             }
-            BodyKind::Chunked => {
-                let n = match c
-                    .req_chunk
-                    .feed(&c.rbuf[start..c.rlen], Some(&mut c.req.body))
-                {
-                    Ok(n) => n,
-                    Err(_) => {
-                        self.local_error(ci, 400, "Malformed chunked body", true);
-                        return Ok(true);
-                    }
-                };
-                if c.req_chunk.is_done() {
-                    c.req_body_done = true;
-                }
-                n
-            }
-            _ => 0,
         };
-        c.consume_after_head(n);
         if c.req.body.len() as u64 > max_body {
             self.local_error(ci, 413, "Request body too large", true);
             return Ok(true);
@@ -1034,31 +947,10 @@ impl Worker {
         if c.req_body_done {
             return Ok(false);
         }
-        let avail = c.rlen - c.head.head_len;
-        if avail == 0 {
-            if c.eof {
-                return Err(Abort);
-            }
-            return Ok(false);
+        if c.rlen == c.head.head_len {
+            return if c.eof { Err(Abort) } else { Ok(false) };
         }
-        let start = c.head.head_len;
-        let n = match c.req_body {
-            BodyKind::Length(_) => {
-                let n = (c.req_remaining.min(avail as u64)) as usize;
-                c.req_remaining -= n as u64;
-                c.req_body_done = c.req_remaining == 0;
-                n
-            }
-            BodyKind::Chunked => match c.req_chunk.feed(&c.rbuf[start..c.rlen], None) {
-                Ok(n) => {
-                    c.req_body_done = c.req_chunk.is_done();
-                    n
-                }
-                Err(_) => return Err(Abort),
-            },
-            _ => 0,
-        };
-        c.consume_after_head(n);
+        let n = c.take_body(BodySink::Discard).map_err(|_| Abort)?;
         Ok(n > 0)
     }
 
@@ -1104,59 +996,28 @@ impl Worker {
         }
         let u = &mut self.ups[ui];
         if u.pending_write() > 0 && u.writable {
-            while u.wpos < u.wbuf.len() {
-                match u.sock.write(&u.wbuf[u.wpos..]) {
-                    Ok(0) => break,
-                    Ok(n) => {
-                        u.wpos += n;
-                        progress = true;
-                    }
-                    Err(e) if e.kind() == ErrorKind::WouldBlock => {
-                        u.writable = false;
-                        break;
-                    }
-                    Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                    Err(_) => {
-                        // The upstream stopped reading; a response may still be readable.
-                        u.wpos = u.wbuf.len();
-                        u.eof = true;
-                        break;
-                    }
+            match flush(&mut u.sock, &mut u.wbuf, &mut u.wpos, &mut u.writable) {
+                Ok(moved) => progress |= moved,
+                Err(_) => {
+                    // The upstream stopped reading; a response may still be readable.
+                    u.wbuf.clear();
+                    u.wpos = 0;
+                    u.eof = true;
                 }
-            }
-            if u.wpos == u.wbuf.len() {
-                u.wbuf.clear();
-                u.wpos = 0;
             }
         }
         let c = &self.conns[ci];
         let room = c.pending_write() < MAX_PENDING_CLIENT;
         let u = &mut self.ups[ui];
         if u.readable && room && !u.eof && u.rlen < u.rbuf.len() {
-            loop {
-                if u.rlen == u.rbuf.len() {
-                    break;
+            match fill(&mut u.sock, &mut u.rbuf, &mut u.rlen, &mut u.readable) {
+                Ok((moved, eof)) => {
+                    progress |= moved;
+                    u.eof |= eof;
                 }
-                match u.sock.read(&mut u.rbuf[u.rlen..]) {
-                    Ok(0) => {
-                        u.eof = true;
-                        progress = true;
-                        break;
-                    }
-                    Ok(n) => {
-                        u.rlen += n;
-                        progress = true;
-                    }
-                    Err(e) if e.kind() == ErrorKind::WouldBlock => {
-                        u.readable = false;
-                        break;
-                    }
-                    Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                    Err(_) => {
-                        u.eof = true;
-                        progress = true;
-                        break;
-                    }
+                Err(_) => {
+                    u.eof = true;
+                    progress = true;
                 }
             }
             if progress {
@@ -2044,6 +1905,64 @@ fn hooked_any(api: &ApiDefinition) -> bool {
         || !mw.post_key_auth.is_empty()
         || !mw.response.is_empty()
         || (mw.auth_check.is_some() && api.coprocess_auth && !api.use_keyless)
+}
+
+/// Reads from an edge-triggered socket into `buf[*len..]` until it would block or the buffer is
+/// full. Returns (bytes arrived or EOF seen, EOF seen); clears `readable` on EAGAIN.
+fn fill(
+    sock: &mut mio::net::TcpStream,
+    buf: &mut [u8],
+    len: &mut usize,
+    readable: &mut bool,
+) -> io::Result<(bool, bool)> {
+    let mut moved = false;
+    while *len < buf.len() {
+        match sock.read(&mut buf[*len..]) {
+            Ok(0) => return Ok((true, true)),
+            Ok(n) => {
+                *len += n;
+                moved = true;
+            }
+            Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                *readable = false;
+                break;
+            }
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok((moved, false))
+}
+
+/// Writes `buf[*pos..]` to an edge-triggered socket until done or it would block; empties the
+/// buffer once all is written. Returns whether anything was written; clears `writable` on EAGAIN.
+fn flush(
+    sock: &mut mio::net::TcpStream,
+    buf: &mut Vec<u8>,
+    pos: &mut usize,
+    writable: &mut bool,
+) -> io::Result<bool> {
+    let mut moved = false;
+    while *pos < buf.len() {
+        match sock.write(&buf[*pos..]) {
+            Ok(0) => return Err(io::Error::new(ErrorKind::WriteZero, "peer took no bytes")),
+            Ok(n) => {
+                *pos += n;
+                moved = true;
+            }
+            Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                *writable = false;
+                break;
+            }
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    if *pos == buf.len() {
+        buf.clear();
+        *pos = 0;
+    }
+    Ok(moved)
 }
 
 /// Writes the client-facing response head: the upstream's status and headers minus hop-by-hop
