@@ -21,13 +21,10 @@
 mod common;
 
 use std::fs;
-use std::io::{BufRead, BufReader};
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::{Arc, Mutex};
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 use serde_json::{json, Value};
@@ -38,11 +35,6 @@ const RECOVERY_WAIT: Duration = Duration::from_secs(60);
 // ---------------------------------------------------------------------------------------------
 // Helpers
 // ---------------------------------------------------------------------------------------------
-
-/// Absolute path of a plugin script under tests/plugins/.
-fn plugin_script(name: &str) -> String {
-    format!("{}/tests/plugins/{name}", env!("CARGO_MANIFEST_DIR"))
-}
 
 /// Where a test's gRPC server listens.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -65,117 +57,6 @@ impl Listen {
         match self {
             Listen::Tcp => format!("tcp://{}", refused_addr()),
             Listen::Unix => self.fresh(sb),
-        }
-    }
-}
-
-/// A running `tests/plugins/scenarios_grpc.py`. Killed on drop; its stderr is printed when the
-/// test fails.
-struct GrpcServer {
-    child: Child,
-    /// The address it serves, as `coprocess_grpc_server` must say it (and as `--listen` takes it
-    /// to start a server on the same address again).
-    target: String,
-    stderr: Arc<Mutex<Vec<String>>>,
-}
-
-impl GrpcServer {
-    /// Starts the server on `listen` with `SCENARIO_LOG` = `log` and extra arguments (e.g.
-    /// `--max-message`), and waits until it reports the address it serves.
-    fn start(listen: &str, log: &Path, args: &[&str]) -> GrpcServer {
-        let mut cmd = Command::new("python3");
-        cmd.arg(plugin_script("scenarios_grpc.py"))
-            .arg("--listen")
-            .arg(listen)
-            .args(args)
-            .env("SCENARIO_LOG", log)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        {
-            use std::os::unix::process::CommandExt;
-            // SAFETY: the closure runs in the child between fork and exec and only calls prctl,
-            // which is async-signal-safe and touches no memory of the parent. Reason: a test
-            // binary killed mid-run must not leave plugin servers behind.
-            unsafe {
-                cmd.pre_exec(|| {
-                    libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong);
-                    Ok(())
-                });
-            }
-        }
-        let mut child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start scenarios_grpc.py with python3: {e}"));
-        let stderr: Arc<Mutex<Vec<String>>> = Arc::default();
-        if let Some(pipe) = child.stderr.take() {
-            let sink = Arc::clone(&stderr);
-            thread::spawn(move || {
-                for line in BufReader::new(pipe).lines().map_while(Result::ok) {
-                    sink.lock().unwrap_or_else(|p| p.into_inner()).push(line);
-                }
-            });
-        }
-        let (tx, rx) = mpsc::channel::<String>();
-        if let Some(pipe) = child.stdout.take() {
-            thread::spawn(move || {
-                for line in BufReader::new(pipe).lines().map_while(Result::ok) {
-                    if tx.send(line).is_err() {
-                        break;
-                    }
-                }
-            });
-        }
-        let mut server = GrpcServer {
-            child,
-            target: String::new(),
-            stderr,
-        };
-        let end = Instant::now() + STARTUP_TIMEOUT;
-        while server.target.is_empty() {
-            let left = end.saturating_duration_since(Instant::now());
-            match rx.recv_timeout(left) {
-                Ok(line) => {
-                    if let Some(addr) = line.strip_prefix("listening on ") {
-                        server.target = addr.trim().to_string();
-                    }
-                }
-                Err(e) => panic!(
-                    "scenarios_grpc.py on {listen} did not report its address ({e}); stderr:\n{}",
-                    server.stderr_text()
-                ),
-            }
-        }
-        server
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// SIGKILL, as a crash: every socket closes at once, nothing is flushed.
-    fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-
-    fn stderr_text(&self) -> String {
-        self.stderr
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .join("\n")
-    }
-}
-
-impl Drop for GrpcServer {
-    fn drop(&mut self) {
-        self.kill();
-        if thread::panicking() {
-            eprintln!(
-                "[scenarios_grpc.py {}] stderr:\n{}",
-                self.target,
-                self.stderr_text()
-            );
         }
     }
 }

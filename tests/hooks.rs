@@ -27,11 +27,10 @@
 mod common;
 
 use std::fs;
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -134,11 +133,6 @@ suite! {
 // Helpers
 // ---------------------------------------------------------------------------------------------
 
-/// Absolute path of a plugin script under tests/plugins/.
-fn plugin_script(name: &str) -> String {
-    format!("{}/tests/plugins/{name}", env!("CARGO_MANIFEST_DIR"))
-}
-
 /// A keyless API on `listen_path` in front of `target` with `custom_middleware` = `mw` (driver
 /// "python", as a Tyk definition for a Python plugin would say; [`HookEnv`] makes it "grpc" for
 /// the gRPC runs).
@@ -158,107 +152,6 @@ fn protected_api(api_id: &str, listen_path: &str, target: &str, mw: Value) -> Va
         json!({ "use_keyless": false, "enable_coprocess_auth": true }),
     );
     api
-}
-
-/// A running `tests/plugins/scenarios_grpc.py` (the scenarios as a gRPC plugin server), with
-/// `SCENARIO_LOG` set like the pipe child's. Killed on drop; its stderr is printed when the test
-/// fails.
-struct GrpcServer {
-    child: Child,
-    /// What `coprocess_grpc_server` must say to reach it.
-    target: String,
-    stderr: Arc<Mutex<Vec<String>>>,
-}
-
-impl GrpcServer {
-    /// Starts the server on `listen` (`tcp://127.0.0.1:0` or `unix:///path`) and waits until it
-    /// reports the address it serves.
-    fn start(listen: &str, log: &Path) -> GrpcServer {
-        let mut cmd = Command::new("python3");
-        cmd.arg(plugin_script("scenarios_grpc.py"))
-            .arg("--listen")
-            .arg(listen)
-            .env("SCENARIO_LOG", log)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        {
-            use std::os::unix::process::CommandExt;
-            // SAFETY: the closure runs in the child between fork and exec and only calls prctl,
-            // which is async-signal-safe and touches no memory of the parent. Reason: a test
-            // binary killed mid-run must not leave plugin servers behind.
-            unsafe {
-                cmd.pre_exec(|| {
-                    libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong);
-                    Ok(())
-                });
-            }
-        }
-        let mut child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start scenarios_grpc.py with python3: {e}"));
-        let stderr: Arc<Mutex<Vec<String>>> = Arc::default();
-        if let Some(pipe) = child.stderr.take() {
-            let sink = Arc::clone(&stderr);
-            thread::spawn(move || {
-                for line in BufReader::new(pipe).lines().map_while(Result::ok) {
-                    sink.lock().unwrap_or_else(|p| p.into_inner()).push(line);
-                }
-            });
-        }
-        let (tx, rx) = mpsc::channel::<String>();
-        if let Some(pipe) = child.stdout.take() {
-            thread::spawn(move || {
-                for line in BufReader::new(pipe).lines().map_while(Result::ok) {
-                    if tx.send(line).is_err() {
-                        break;
-                    }
-                }
-            });
-        }
-        let mut server = GrpcServer {
-            child,
-            target: String::new(),
-            stderr,
-        };
-        let end = Instant::now() + STARTUP_TIMEOUT;
-        while server.target.is_empty() {
-            let left = end.saturating_duration_since(Instant::now());
-            match rx.recv_timeout(left) {
-                Ok(line) => {
-                    if let Some(addr) = line.strip_prefix("listening on ") {
-                        server.target = addr.trim().to_string();
-                    }
-                }
-                Err(e) => panic!(
-                    "scenarios_grpc.py did not report its address ({e}); stderr:\n{}",
-                    server.stderr_text()
-                ),
-            }
-        }
-        server
-    }
-
-    fn stderr_text(&self) -> String {
-        self.stderr
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .join("\n")
-    }
-}
-
-impl Drop for GrpcServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if thread::panicking() {
-            eprintln!(
-                "[scenarios_grpc.py {}] stderr:\n{}",
-                self.target,
-                self.stderr_text()
-            );
-        }
-    }
 }
 
 /// A gateway, its upstream and its plugin. The plugin writes one "hook_type hook_name" line per
@@ -337,7 +230,7 @@ impl HookEnv {
                 } else {
                     format!("unix://{}", sb.dir().join("plugin.sock").display())
                 };
-                let server = GrpcServer::start(&listen, &log);
+                let server = GrpcServer::start(&listen, &log, &[]);
                 (
                     json!({ "coprocess_grpc_server": server.target.clone() }),
                     Some(server),

@@ -28,12 +28,12 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::fs;
-use std::io::{self, ErrorKind, Read, Write};
+use std::io::{self, BufRead, BufReader, ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{mpsc, Arc, Condvar, Mutex, MutexGuard};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -1623,6 +1623,126 @@ impl UpConn {
                 Err(e) if e.kind() == ErrorKind::Interrupted => {}
                 Err(_) => return,
             }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// gRPC plugin server (tests/plugins/scenarios_grpc.py)
+// ---------------------------------------------------------------------------------------------
+
+/// Absolute path of a plugin script under tests/plugins/.
+pub fn plugin_script(name: &str) -> String {
+    format!("{}/tests/plugins/{name}", env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A running `tests/plugins/scenarios_grpc.py`. Killed on drop; its stderr is printed when the
+/// test fails.
+pub struct GrpcServer {
+    child: Child,
+    /// The address it serves, as `coprocess_grpc_server` must say it (and as `--listen` takes it
+    /// to start a server on the same address again).
+    pub target: String,
+    stderr: Arc<Mutex<Vec<String>>>,
+}
+
+impl GrpcServer {
+    /// Starts the server on `listen` with `SCENARIO_LOG` = `log` and extra arguments (e.g.
+    /// `--max-message`), and waits until it reports the address it serves.
+    pub fn start(listen: &str, log: &Path, args: &[&str]) -> GrpcServer {
+        let mut cmd = Command::new("python3");
+        cmd.arg(plugin_script("scenarios_grpc.py"))
+            .arg("--listen")
+            .arg(listen)
+            .args(args)
+            .env("SCENARIO_LOG", log)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: the closure runs in the child between fork and exec and only calls prctl,
+            // which is async-signal-safe and touches no memory of the parent. Reason: a test
+            // binary killed mid-run must not leave plugin servers behind.
+            unsafe {
+                cmd.pre_exec(|| {
+                    libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong);
+                    Ok(())
+                });
+            }
+        }
+        let mut child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start scenarios_grpc.py with python3: {e}"));
+        let stderr: Arc<Mutex<Vec<String>>> = Arc::default();
+        if let Some(pipe) = child.stderr.take() {
+            let sink = Arc::clone(&stderr);
+            thread::spawn(move || {
+                for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                    sink.lock().unwrap_or_else(|p| p.into_inner()).push(line);
+                }
+            });
+        }
+        let (tx, rx) = mpsc::channel::<String>();
+        if let Some(pipe) = child.stdout.take() {
+            thread::spawn(move || {
+                for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                    if tx.send(line).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+        let mut server = GrpcServer {
+            child,
+            target: String::new(),
+            stderr,
+        };
+        let end = Instant::now() + STARTUP_TIMEOUT;
+        while server.target.is_empty() {
+            let left = end.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(line) => {
+                    if let Some(addr) = line.strip_prefix("listening on ") {
+                        server.target = addr.trim().to_string();
+                    }
+                }
+                Err(e) => panic!(
+                    "scenarios_grpc.py on {listen} did not report its address ({e}); stderr:\n{}",
+                    server.stderr_text()
+                ),
+            }
+        }
+        server
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGKILL, as a crash: every socket closes at once, nothing is flushed.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub fn stderr_text(&self) -> String {
+        self.stderr
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .join("\n")
+    }
+}
+
+impl Drop for GrpcServer {
+    fn drop(&mut self) {
+        self.kill();
+        if thread::panicking() {
+            eprintln!(
+                "[scenarios_grpc.py {}] stderr:\n{}",
+                self.target,
+                self.stderr_text()
+            );
         }
     }
 }
