@@ -25,8 +25,10 @@ python3 -c 'import msgpack' 2>/dev/null || python3 -m pip install -q msgpack
 
 cargo build --release -q
 cargo build --release -q -p pipegate-plugin --example add_header
+cargo build --release -q --example grpc_server
 BIN=$PWD/target/release/pipegate
 RUST_PLUGIN=$PWD/target/release/examples/add_header
+GRPC_SERVER=$PWD/target/release/examples/grpc_server
 
 WORK=$(mktemp -d /tmp/pipegate-load.XXXXXX)
 PIDS=()
@@ -81,13 +83,22 @@ EOF
 }
 api plain /plain/ '[]'
 api hook /hook/ '[{"name":"AddHeader"}]'
+# The same one-header pre hook over gRPC (the Rust tonic example server's MyPreMiddleware).
+cat > "$WORK/apps/grpchook.json" <<EOF
+{"api_id":"grpchook","name":"grpchook","org_id":"bench","use_keyless":true,
+ "proxy":{"listen_path":"/grpchook/","target_url":"http://127.0.0.1:$UP/","strip_listen_path":true},
+ "custom_middleware":{"driver":"grpc","pre":[{"name":"MyPreMiddleware"}]}}
+EOF
+GRPC_PORT=$((BASE+9))
+"$GRPC_SERVER" --listen "tcp://127.0.0.1:$GRPC_PORT" > "$WORK/grpc.out" 2>&1 & PIDS+=($!)
 
 start_gw() { # port pipe_command_json
   local dir="$WORK/gw-$1"; mkdir -p "$dir"; cp -r "$WORK/apps" "$dir/"
   cat > "$dir/tyk.conf" <<EOF
 {"listen_address":"127.0.0.1","listen_port":$1,"app_path":"apps/","pipegate":{"workers":$WORKERS},
  "coprocess_options":{"enable_coprocess":true,"pipe_command":$2,
-   "pipe_env":{"PYTHONPATH":"$PWD/protocol/python"}}}
+   "pipe_env":{"PYTHONPATH":"$PWD/protocol/python"},
+   "coprocess_grpc_server":"tcp://127.0.0.1:$GRPC_PORT"}}
 EOF
   "$BIN" --conf "$dir/tyk.conf" 2>"$dir/log" & PIDS+=($!)
 }
@@ -101,8 +112,9 @@ declare -A URLS=(
   [pipegate]="http://127.0.0.1:$PG/plain/"
   [pipegate_rust_hook]="http://127.0.0.1:$PG/hook/"
   [pipegate_python_hook]="http://127.0.0.1:$((PG+1))/hook/"
+  [pipegate_grpc_hook]="http://127.0.0.1:$PG/grpchook/"
 )
-ORDER=(nginx_proxy_pass nginx_njs_hook pipegate pipegate_rust_hook pipegate_python_hook)
+ORDER=(nginx_proxy_pass nginx_njs_hook pipegate pipegate_rust_hook pipegate_python_hook pipegate_grpc_hook)
 for name in "${ORDER[@]}"; do
   curl -sf -o /dev/null "${URLS[$name]}" || { echo "$name is not answering at ${URLS[$name]}" >&2; exit 1; }
 done

@@ -151,6 +151,9 @@ pub struct CoprocessOptions {
     pub restart_backoff_max: Duration,
     /// Use the gRPC server when the pipe child is unavailable.
     pub enable_grpc_fallback: bool,
+    /// pipegate: compress gRPC messages to the plugin server (`grpc_compression`: "gzip" or
+    /// "zstd"; off by default because Tyk's servers may not accept it).
+    pub grpc_compression: Option<String>,
 }
 
 /// Log line format (`pipegate.log_format`).
@@ -221,6 +224,7 @@ const KNOWN_COPROCESS: &[&str] = &[
     "send_body",
     "restart_backoff_max_ms",
     "enable_grpc_fallback",
+    "grpc_compression",
 ];
 
 const KNOWN_PIPEGATE: &[&str] = &[
@@ -587,6 +591,17 @@ fn coprocess_options(cp: &Obj<'_>, base: &Path, issues: &mut Issues) -> Coproces
     let send_body = issues.take(cp.bool("send_body", true), true);
     let backoff_ms = positive_ms(cp, "restart_backoff_max_ms", 5000, issues);
     let enable_grpc_fallback = issues.take(cp.bool("enable_grpc_fallback", false), false);
+    let grpc_compression = match issues.take(cp.string("grpc_compression", ""), String::new()) {
+        c if c.is_empty() => None,
+        c if c == "gzip" || c == "zstd" => Some(c),
+        other => {
+            issues.push(
+                "coprocess_options.grpc_compression",
+                format!("{other:?} is not a gRPC compression; use \"gzip\", \"zstd\" or leave it out"),
+            );
+            None
+        }
+    };
     if enable_grpc_fallback && grpc_server.is_none() {
         issues.push(
             "coprocess_options.enable_grpc_fallback",
@@ -611,6 +626,7 @@ fn coprocess_options(cp: &Obj<'_>, base: &Path, issues: &mut Issues) -> Coproces
         send_body,
         restart_backoff_max: Duration::from_millis(backoff_ms),
         enable_grpc_fallback,
+        grpc_compression,
     }
 }
 

@@ -118,7 +118,7 @@ impl From<&crate::config::CoprocessOptions> for GrpcOptions {
             recv_max: c.grpc_recv_max_size,
             send_max: c.grpc_send_max_size,
             authority: c.grpc_authority.clone(),
-            compression: None,
+            compression: c.grpc_compression.clone(),
         }
     }
 }
