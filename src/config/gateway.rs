@@ -597,7 +597,9 @@ fn coprocess_options(cp: &Obj<'_>, base: &Path, issues: &mut Issues) -> Coproces
         other => {
             issues.push(
                 "coprocess_options.grpc_compression",
-                format!("{other:?} is not a gRPC compression; use \"gzip\", \"zstd\" or leave it out"),
+                format!(
+                    "{other:?} is not a gRPC compression; use \"gzip\", \"zstd\" or leave it out"
+                ),
             );
             None
         }
