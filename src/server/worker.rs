@@ -919,6 +919,8 @@ impl Worker {
         if c.head.expect_continue && !c.sent_continue {
             c.wbuf.extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
             c.sent_continue = true;
+            // Progress: the interim response must be flushed before the client sends its body.
+            return Ok(true);
         }
         if c.rlen == c.head.head_len {
             return if c.eof { Err(Abort) } else { Ok(false) };
