@@ -119,6 +119,7 @@ suite! {
         out_of_order_replies_never_mix_up_requests_under_concurrency,
         pipelined_requests_through_a_hook_keep_their_order,
         plugins_off_skips_hooks,
+        auth_failure_fires_the_cp_dynamic_handler_event,
     ],
     pipe_only: [
         frozen_child_is_killed_and_restarted,
@@ -2207,4 +2208,51 @@ fn plugins_off_skips_hooks(t: Transport) {
     let e = upstream_saw(&env.get("/api/"));
     assert!(e.header("X-Pre").is_none(), "{e:?}");
     assert!(env.calls().is_empty(), "{:?}", env.calls());
+}
+
+/// Tyk's events: an API whose `event_handlers.events.AuthFailure` names a `cp_dynamic_handler`
+/// gets the event sent to the plugin (pipe `event` message / gRPC `DispatchEvent`) when a hook
+/// refuses the request, with Tyk's payload shape; a request that passes fires nothing.
+fn auth_failure_fires_the_cp_dynamic_handler_event(t: Transport) {
+    let env = HookEnv::start(t, "events", json!({}), |up| {
+        let mut api = protected_api(
+            "ev",
+            "/ev/",
+            up,
+            json!({ "auth_check": { "name": "Auth" } }),
+        );
+        api["event_handlers"] = json!({ "events": { "AuthFailure": [
+            { "handler_name": "cp_dynamic_handler", "handler_meta": { "name": "OnAuthFailure" } }
+        ] } });
+        vec![("ev", api)]
+    });
+    let ok = env.send(req("GET", "/ev/fine").header("Authorization", "letmein"));
+    assert_eq!(ok.status, 200, "{ok:?}");
+    let denied = env.send(req("GET", "/ev/nope").header("Authorization", "wrong"));
+    assert_error(&denied, 401, "bad key");
+    let mut event = None;
+    assert!(
+        wait_until(IO_TIMEOUT, || {
+            event = env
+                .calls()
+                .into_iter()
+                .find_map(|l| l.strip_prefix("event ").map(str::to_string));
+            event.is_some()
+        }),
+        "no event reached the plugin; calls: {:?}",
+        env.calls()
+    );
+    let v: Value = serde_json::from_str(&event.unwrap_or_default()).expect("event payload is JSON");
+    assert_eq!(v["handler_name"], "OnAuthFailure", "{v}");
+    assert_eq!(v["message"]["Type"], "AuthFailure", "{v}");
+    assert_eq!(v["message"]["Meta"]["Path"], "/ev/nope", "{v}");
+    assert_eq!(v["message"]["Meta"]["Key"], "wrong", "{v}");
+    assert_eq!(v["message"]["Meta"]["Message"], "bad key", "{v}");
+    assert_eq!(v["spec"]["APIID"], "ev", "{v}");
+    let events = env
+        .calls()
+        .iter()
+        .filter(|l| l.starts_with("event "))
+        .count();
+    assert_eq!(events, 1, "exactly one event for one refused request");
 }

@@ -113,6 +113,22 @@ enum Transport {
     Missing,
 }
 
+/// The message of a gateway error response (the JSON template's "error"), for event payloads.
+fn resp_message(resp: &LocalResponse) -> String {
+    serde_json::from_slice::<serde_json::Value>(&resp.body)
+        .ok()
+        .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_string))
+        .unwrap_or_else(|| crate::http::response::reason(resp.status).to_string())
+}
+
+/// Seconds since the Unix epoch, as text (the event's TimeStamp).
+fn unix_time_text() -> String {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs().to_string())
+        .unwrap_or_default()
+}
+
 /// Packs a connection index and its request generation into a call tag.
 #[inline]
 fn tag_of(ci: usize, generation: u32) -> u64 {
@@ -1378,7 +1394,17 @@ impl Worker {
         let c = &mut self.conns[ci];
         match done {
             StoreDone::Token(res) => {
-                let (key, session) = res?;
+                let (key, session) = match res {
+                    Ok(v) => v,
+                    Err(resp) => {
+                        if resp.status == 401 || resp.status == 403 {
+                            let msg = resp_message(&resp);
+                            self.fire_event(ci, "AuthFailure", &msg);
+                        }
+                        return Err(resp);
+                    }
+                };
+                let c = &mut self.conns[ci];
                 // With plugin auth and token auth both on, `base_identity_provided_by` says whose
                 // session is the identity (Tyk: the plugin's unless it is "auth_token").
                 let token_identity = c
@@ -1414,6 +1440,65 @@ impl Worker {
             StoreDone::Admin(resp) => return Err(resp),
         }
         Ok(true)
+    }
+
+    /// Sends an event to the plugin for every `cp_dynamic_handler` the API registers for
+    /// `event` (Tyk's `event_handlers.events.<Event>`), over the API's transport (the pipe's
+    /// `event` message or gRPC `DispatchEvent`). Fire and forget.
+    fn fire_event(&self, ci: usize, event: &str, message: &str) {
+        let Some(c) = self.conns.get(ci) else { return };
+        let Some(api) = c.api.as_ref() else { return };
+        let Some(handlers) = api
+            .event_handlers
+            .get("events")
+            .and_then(|e| e.get(event))
+            .and_then(|h| h.as_array())
+        else {
+            return;
+        };
+        for h in handlers {
+            if h.get("handler_name").and_then(|v| v.as_str()) != Some("cp_dynamic_handler") {
+                continue;
+            }
+            let name = h
+                .get("handler_meta")
+                .and_then(|m| m.get("name"))
+                .and_then(|v| v.as_str())
+                .unwrap_or("");
+            let key = c
+                .head
+                .header(&c.rbuf, &api.auth_header_name)
+                .map(|v| String::from_utf8_lossy(v).into_owned())
+                .unwrap_or_default();
+            let payload = serde_json::json!({
+                "message": {
+                    "Type": event,
+                    "Meta": {
+                        "Message": message,
+                        "Path": c.head.path(&c.rbuf),
+                        "Origin": c.peer.ip().to_string(),
+                        "Key": key,
+                    },
+                    "TimeStamp": unix_time_text(),
+                },
+                "handler_name": name,
+                "spec": {"APIID": api.api_id, "OrgID": api.org_id},
+            })
+            .to_string();
+            match self.transport_for(api) {
+                Transport::Grpc => {
+                    if let Some((g, _)) = &self.grpc {
+                        g.send_event(&payload);
+                    }
+                }
+                Transport::Pipe => {
+                    if let Some((p, _)) = &self.pipe {
+                        p.send_event(&payload);
+                    }
+                }
+                Transport::Off | Transport::Missing => {}
+            }
+        }
     }
 
     /// A store operation finished on a store thread: resume the request.
@@ -1749,6 +1834,12 @@ impl Worker {
             out
         };
         c.req = state;
+        if let Outcome::Respond(resp) = &outcome {
+            if resp.status >= 400 {
+                // Tyk fires AuthFailure for a hook's error answer (and a failed auth hook).
+                self.fire_event(ci, "AuthFailure", &resp_message(resp));
+            }
+        }
         let outcome = match outcome {
             Outcome::Continue if pending.hook == HookType::CustomKeyCheck => {
                 match self.store_session_op(ci) {

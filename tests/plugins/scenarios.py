@@ -203,6 +203,9 @@ def main():
             pool.submit(handle, msg)
         elif t == "load_bundle":
             send({"id": msg["id"]})
+        elif t == "event" and log_path:
+            with open(log_path, "a") as f:
+                f.write("event %s\n" % msg.get("payload", ""))
 
 
 if __name__ == "__main__":

@@ -144,6 +144,10 @@ def make_dispatcher(pb, pb_grpc, json_format, descriptor):
             return special(obj, context) if special else obj
 
         def DispatchEvent(self, event, context):
+            log = os.environ.get("SCENARIO_LOG")
+            if log:
+                with open(log, "a") as f:
+                    f.write("event %s\n" % event.payload)
             return pb.EventReply()
 
     return Dispatcher()
