@@ -178,56 +178,6 @@ fn wait_for_200(env: &Env, target: &str) -> Response {
 // Load
 // ---------------------------------------------------------------------------------------------
 
-/// The outcome of one request under load.
-enum Outcome {
-    /// 200 carrying its own token both ways.
-    Ok,
-    /// A clean Tyk error (JSON, 500 "Middleware error").
-    CleanError,
-    /// Anything else: a mix-up, a dropped connection, a malformed answer.
-    Bad(String),
-}
-
-/// Sends one request through the `Echo` hook (`/echo/`) with `token` on `c` and classifies the
-/// answer.
-fn echo_request(c: &mut Client, token: &str) -> Outcome {
-    let bytes = req("GET", &format!("/echo/{token}?t={token}"))
-        .token(token)
-        .to_bytes();
-    if let Err(e) = c.try_send(&bytes) {
-        return Outcome::Bad(format!("{token}: send failed: {e}"));
-    }
-    let r = match c.try_read_response(false) {
-        Ok(r) => r,
-        Err(e) => return Outcome::Bad(format!("{token}: no response: {e}")),
-    };
-    if r.status == 500 {
-        let v: Value = serde_json::from_slice(&r.body).unwrap_or(Value::Null);
-        if r.header("content-type") == Some("application/json") && v["error"] == "Middleware error"
-        {
-            return Outcome::CleanError;
-        }
-        return Outcome::Bad(format!("{token}: unclean 500: {r:?}"));
-    }
-    if r.status != 200 {
-        return Outcome::Bad(format!("{token}: status {}: {r:?}", r.status));
-    }
-    if r.header("x-echo-token") != Some(token) {
-        return Outcome::Bad(format!("{token}: X-Echo-Token mismatch: {r:?}"));
-    }
-    let v: Value = match serde_json::from_slice(&r.body) {
-        Ok(v) => v,
-        Err(e) => return Outcome::Bad(format!("{token}: body not JSON ({e}): {r:?}")),
-    };
-    if v["headers"]["X-Plugin-Token"] != token {
-        return Outcome::Bad(format!(
-            "{token}: the upstream saw X-Plugin-Token {} (another request's reply?)",
-            v["headers"]["X-Plugin-Token"]
-        ));
-    }
-    Outcome::Ok
-}
-
 /// Tallies of a load run.
 #[derive(Default)]
 struct Tally {
@@ -239,17 +189,17 @@ struct Tally {
 
 impl Tally {
     /// Counts `o`; false when the connection should be replaced (a bad outcome).
-    fn record(&self, o: &Outcome) -> bool {
+    fn record(&self, o: &LoadOutcome) -> bool {
         match o {
-            Outcome::Ok => {
+            LoadOutcome::Ok => {
                 self.ok.fetch_add(1, Ordering::Relaxed);
                 true
             }
-            Outcome::CleanError => {
+            LoadOutcome::CleanError => {
                 self.clean_errors.fetch_add(1, Ordering::Relaxed);
                 true
             }
-            Outcome::Bad(why) => {
+            LoadOutcome::Bad(why) => {
                 self.bad_count.fetch_add(1, Ordering::Relaxed);
                 let mut b = self.bad.lock().unwrap_or_else(|p| p.into_inner());
                 if b.len() < 20 {
@@ -303,7 +253,7 @@ impl Load {
                         if !tally.record(&o) {
                             c = Client::connect(addr);
                         }
-                        if matches!(o, Outcome::CleanError) {
+                        if matches!(o, LoadOutcome::CleanError) {
                             thread::sleep(Duration::from_millis(10));
                         }
                         i += 1;
@@ -504,9 +454,9 @@ fn server_killed_mid_load_and_restarted(listen: Listen) {
     let mut c = env.gw.client();
     for i in 0..100 {
         match echo_request(&mut c, &format!("after{i}")) {
-            Outcome::Ok => {}
-            Outcome::CleanError => panic!("request {i} after the restart failed"),
-            Outcome::Bad(why) => panic!("request {i} after the restart: {why}"),
+            LoadOutcome::Ok => {}
+            LoadOutcome::CleanError => panic!("request {i} after the restart failed"),
+            LoadOutcome::Bad(why) => panic!("request {i} after the restart: {why}"),
         }
     }
     let pid = env.server.as_ref().map(GrpcServer::pid).unwrap_or_default();
@@ -1024,9 +974,9 @@ fn fallback_serves_every_request_while_the_pipe_child_restarts() {
     let mut c = env.gw.client();
     for i in 0..50 {
         match echo_request(&mut c, &format!("after{i}")) {
-            Outcome::Ok => {}
-            Outcome::CleanError => panic!("request {i} after the restarts failed"),
-            Outcome::Bad(why) => panic!("request {i} after the restarts: {why}"),
+            LoadOutcome::Ok => {}
+            LoadOutcome::CleanError => panic!("request {i} after the restarts failed"),
+            LoadOutcome::Bad(why) => panic!("request {i} after the restarts: {why}"),
         }
     }
 }

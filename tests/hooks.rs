@@ -1695,58 +1695,6 @@ fn frozen_child_is_killed_and_restarted() {
 // Concurrency and crashes
 // ---------------------------------------------------------------------------------------------
 
-/// The outcome of one request under load.
-enum Outcome {
-    /// 200 carrying its own token both ways.
-    Ok,
-    /// A clean Tyk error (JSON, "Middleware error").
-    CleanError,
-    /// Anything else: a mix-up, a dropped connection, a malformed answer.
-    Bad(String),
-}
-
-/// Sends one `Echo` request with `token` on `c` and classifies the answer.
-fn echo_request(c: &mut Client, token: &str) -> Outcome {
-    let bytes = req("GET", &format!("/echo/{token}?t={token}"))
-        .token(token)
-        .to_bytes();
-    if let Err(e) = c.try_send(&bytes) {
-        return Outcome::Bad(format!("{token}: send failed: {e}"));
-    }
-    let r = match c.try_read_response(false) {
-        Ok(r) => r,
-        Err(e) => return Outcome::Bad(format!("{token}: no response: {e}")),
-    };
-    if r.status == 500 {
-        let v: Value = serde_json::from_slice(&r.body).unwrap_or(Value::Null);
-        if r.header("content-type") == Some("application/json") && v["error"] == "Middleware error"
-        {
-            return Outcome::CleanError;
-        }
-        return Outcome::Bad(format!("{token}: unclean 500: {r:?}"));
-    }
-    if r.status != 200 {
-        return Outcome::Bad(format!("{token}: status {}: {r:?}", r.status));
-    }
-    if r.header("x-echo-token") != Some(token) {
-        return Outcome::Bad(format!("{token}: X-Echo-Token mismatch: {r:?}"));
-    }
-    let v: Value = match serde_json::from_slice(&r.body) {
-        Ok(v) => v,
-        Err(e) => return Outcome::Bad(format!("{token}: body not JSON ({e}): {r:?}")),
-    };
-    if v["headers"]["X-Plugin-Token"] != token {
-        return Outcome::Bad(format!(
-            "{token}: the upstream saw X-Plugin-Token {} (another request's reply?)",
-            v["headers"]["X-Plugin-Token"]
-        ));
-    }
-    if v["path"] != format!("/{token}") {
-        return Outcome::Bad(format!("{token}: the upstream saw path {}", v["path"]));
-    }
-    Outcome::Ok
-}
-
 /// Tallies of a load run.
 #[derive(Default)]
 struct Tally {
@@ -1757,17 +1705,17 @@ struct Tally {
 }
 
 impl Tally {
-    fn record(&self, o: Outcome) -> bool {
+    fn record(&self, o: LoadOutcome) -> bool {
         match o {
-            Outcome::Ok => {
+            LoadOutcome::Ok => {
                 self.ok.fetch_add(1, Ordering::Relaxed);
                 true
             }
-            Outcome::CleanError => {
+            LoadOutcome::CleanError => {
                 self.clean_errors.fetch_add(1, Ordering::Relaxed);
                 true
             }
-            Outcome::Bad(why) => {
+            LoadOutcome::Bad(why) => {
                 self.bad_count.fetch_add(1, Ordering::Relaxed);
                 let mut b = self.bad.lock().unwrap_or_else(|p| p.into_inner());
                 if b.len() < 20 {
@@ -1939,11 +1887,11 @@ fn child_killed_mid_load_every_request_answered_and_child_back() {
     let mut c = env.gw.client();
     for i in 0..100 {
         match echo_request(&mut c, &format!("after{i}")) {
-            Outcome::Ok => {}
-            Outcome::CleanError => {
+            LoadOutcome::Ok => {}
+            LoadOutcome::CleanError => {
                 panic!("request {i} after the restarts failed: {}", tally.report())
             }
-            Outcome::Bad(why) => panic!("request {i} after the restarts: {why}"),
+            LoadOutcome::Bad(why) => panic!("request {i} after the restarts: {why}"),
         }
     }
 }

@@ -1746,3 +1746,60 @@ impl Drop for GrpcServer {
         }
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Load through the scenario plugin's Echo hook
+// ---------------------------------------------------------------------------------------------
+
+/// The outcome of one request under load.
+pub enum LoadOutcome {
+    /// 200 carrying its own token both ways.
+    Ok,
+    /// A clean Tyk error (JSON, "Middleware error").
+    CleanError,
+    /// Anything else: a mix-up, a dropped connection, a malformed answer.
+    Bad(String),
+}
+
+/// Sends one request through the scenario plugin's `Echo` hook (`/echo/`) with `token` on `c`
+/// and classifies the answer: its own token must come back both ways and reach the upstream.
+pub fn echo_request(c: &mut Client, token: &str) -> LoadOutcome {
+    let bytes = req("GET", &format!("/echo/{token}?t={token}"))
+        .token(token)
+        .to_bytes();
+    if let Err(e) = c.try_send(&bytes) {
+        return LoadOutcome::Bad(format!("{token}: send failed: {e}"));
+    }
+    let r = match c.try_read_response(false) {
+        Ok(r) => r,
+        Err(e) => return LoadOutcome::Bad(format!("{token}: no response: {e}")),
+    };
+    if r.status == 500 {
+        let v: Value = serde_json::from_slice(&r.body).unwrap_or(Value::Null);
+        if r.header("content-type") == Some("application/json") && v["error"] == "Middleware error"
+        {
+            return LoadOutcome::CleanError;
+        }
+        return LoadOutcome::Bad(format!("{token}: unclean 500: {r:?}"));
+    }
+    if r.status != 200 {
+        return LoadOutcome::Bad(format!("{token}: status {}: {r:?}", r.status));
+    }
+    if r.header("x-echo-token") != Some(token) {
+        return LoadOutcome::Bad(format!("{token}: X-Echo-Token mismatch: {r:?}"));
+    }
+    let v: Value = match serde_json::from_slice(&r.body) {
+        Ok(v) => v,
+        Err(e) => return LoadOutcome::Bad(format!("{token}: body not JSON ({e}): {r:?}")),
+    };
+    if v["headers"]["X-Plugin-Token"] != token {
+        return LoadOutcome::Bad(format!(
+            "{token}: the upstream saw X-Plugin-Token {} (another request's reply?)",
+            v["headers"]["X-Plugin-Token"]
+        ));
+    }
+    if v["path"] != format!("/{token}") {
+        return LoadOutcome::Bad(format!("{token}: the upstream saw path {}", v["path"]));
+    }
+    LoadOutcome::Ok
+}
