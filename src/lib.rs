@@ -11,6 +11,7 @@ pub mod coprocess;
 pub mod demo;
 pub mod http;
 pub mod middleware;
+pub mod plugin_bench;
 pub mod proxy;
 pub mod server;
 pub mod store;

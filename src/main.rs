@@ -32,6 +32,9 @@ enum Command {
     /// Build or verify plugin bundles (Tyk's `tyk bundle` format: manifest.json + zip).
     #[command(subcommand)]
     Bundle(BundleCommand),
+    /// Load-test a plugin by itself: drive its hooks over the pipe protocol (or gRPC) as the
+    /// gateway does, and print throughput and latency percentiles.
+    PluginBench(PluginBenchArgs),
     /// Run the demo plugin on stdin/stdout (the pipe child that `pipegate demo` starts).
     #[command(hide = true)]
     DemoPlugin,
@@ -42,6 +45,104 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:0")]
         listen: String,
     },
+}
+
+/// `pipegate plugin-bench`: see `pipegate::plugin_bench`.
+#[derive(clap::Args)]
+#[command(group(clap::ArgGroup::new("plugin").required(true).args(["command", "grpc"])))]
+struct PluginBenchArgs {
+    /// The plugin's command line, run as a pipe child (e.g. "python3 -m pipegate_plugin my.py").
+    #[arg(long)]
+    command: Option<String>,
+    /// A gRPC plugin server instead (tcp://host:port, unix:///path or host:port).
+    #[arg(long)]
+    grpc: Option<String>,
+    /// Hook type: pre, auth_check, post_key_auth, post or response.
+    #[arg(long, default_value = "pre")]
+    hook: String,
+    /// Hook (function) name, as in the API definition's custom_middleware section.
+    #[arg(long, default_value = "MyPreHook")]
+    name: String,
+    /// Calls kept in flight at once.
+    #[arg(short = 'c', long, default_value_t = 32)]
+    concurrency: usize,
+    /// Calls to measure.
+    #[arg(short = 'n', long, default_value_t = 100_000)]
+    requests: u64,
+    /// Calls made first and not measured.
+    #[arg(long, default_value_t = 1000)]
+    warmup: u64,
+    /// Request body size in bytes.
+    #[arg(long, default_value_t = 256)]
+    body_bytes: usize,
+    /// Per-call deadline in milliseconds (as hook_timeout_ms).
+    #[arg(long, default_value_t = 5000)]
+    timeout_ms: u64,
+    /// Extra request header, "Name: value" (repeatable).
+    #[arg(short = 'H', long = "header")]
+    headers: Vec<String>,
+    /// Print the report as one JSON object.
+    #[arg(long)]
+    json: bool,
+}
+
+fn plugin_bench(a: PluginBenchArgs) -> ExitCode {
+    use pipegate::plugin_bench::{self, BenchOptions, BenchTarget};
+    let hook = match plugin_bench::parse_hook(&a.hook) {
+        Ok(h) => h,
+        Err(e) => {
+            eprintln!("pipegate plugin-bench: --hook: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut headers = Vec::new();
+    for h in &a.headers {
+        match h.split_once(':') {
+            Some((k, v)) => headers.push((k.trim().to_string(), v.trim().to_string())),
+            None => {
+                eprintln!("pipegate plugin-bench: --header {h:?}: expected \"Name: value\"");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    let target = match (a.command, a.grpc) {
+        (Some(c), _) => BenchTarget::Pipe(c),
+        (None, Some(g)) => BenchTarget::Grpc(g),
+        (None, None) => {
+            eprintln!("pipegate plugin-bench: give --command \"...\" or --grpc ADDRESS");
+            return ExitCode::FAILURE;
+        }
+    };
+    let opts = BenchOptions {
+        target,
+        hook,
+        name: a.name,
+        concurrency: a.concurrency,
+        requests: a.requests,
+        warmup: a.warmup,
+        body_bytes: a.body_bytes,
+        timeout: std::time::Duration::from_millis(a.timeout_ms),
+        headers,
+        progress: !a.json,
+    };
+    match plugin_bench::run(&opts) {
+        Ok(report) => {
+            if a.json {
+                println!("{}", report.to_json());
+            } else {
+                print!("{report}");
+            }
+            if report.ok == 0 {
+                eprintln!("pipegate plugin-bench: no call succeeded; see the errors above");
+                return ExitCode::FAILURE;
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("pipegate plugin-bench: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -130,6 +231,7 @@ fn main() -> ExitCode {
             }
         }
         Some(Command::Bundle(cmd)) => bundle_command(cmd),
+        Some(Command::PluginBench(args)) => plugin_bench(args),
         Some(Command::DemoPlugin) => match pipegate::demo::run_demo_plugin() {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {

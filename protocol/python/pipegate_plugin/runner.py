@@ -6,9 +6,15 @@
 - ``load_bundle`` messages import a bundle directory's Python files; those hooks serve only the
   APIs of that bundle, looked up by ``spec["bundle_hash"]`` plus the hook name (the way Tyk's Python
   dispatcher finds bundle hooks), falling back to the command-line modules.
-- Hooks run on a pool of threads, so one slow hook (a network call, a sleep) does not hold up the
-  others; replies go out in completion order through one writer thread that batches them. This is
+- Fast hooks run inline on the reading thread, and the replies to every frame that arrived in one
+  read go out in one write: no thread hand-off per call. A hook that once takes longer than
+  ``--inline-threshold-ms`` (default 1 ms: a network call, a sleep) is moved to a pool of threads
+  from then on, so it does not hold up the others; it moves back after 100 fast calls in a row
+  (200, 400, ... after each further move, so a hook that is only sometimes slow stays there).
+  Pool replies go out in completion order through one writer thread that batches them. This is
   the difference from Tyk's embedded Python, where one global lock serializes every call.
+- Replies carry only what the hook changed (the protocol's "absent means unchanged"), which is
+  what makes the runner fast: coercing and encoding a whole object costs more than most hooks.
 - A hook that raises gets an error reply (the gateway answers 500, or 403 for auth) and its
   traceback goes to stderr; the runner keeps serving.
 - End of stdin means shutdown: in-flight hooks get a short grace period, then the runner exits 0.
@@ -43,6 +49,10 @@ from .wire import PROTOCOL_VERSION, FrameReader, ProtocolError, decode, encode
 DEFAULT_NAME = "pipegate-python"
 DEFAULT_WORKERS = 16
 DEFAULT_DRAIN_SECONDS = 5.0
+DEFAULT_INLINE_THRESHOLD_MS = 1.0
+# A hook moved to the pool comes back inline after this many fast calls in a row; each further
+# move doubles it, so a hook that is only sometimes slow settles on the pool.
+_FAST_CALLS_TO_RETURN = 100
 
 
 def _log(msg, level="info"):
@@ -249,8 +259,9 @@ class Registry(object):
             )
         return hook
 
-    def dispatch(self, wire):
-        """Run the hook a dispatch names and return the whole object to send back."""
+    def dispatch(self, wire, partial=False):
+        """Run the hook a dispatch names and return the object to send back: the whole object,
+        or with ``partial`` only what the hook changed (see :func:`run_hook`)."""
         if not isinstance(wire, dict):
             raise HookError("dispatch without an object map")
         spec = wire.get("spec")
@@ -258,7 +269,7 @@ class Registry(object):
             spec = wire["spec"] = {}
         name = wire.get("hook_name") or ""
         hook = self.find_hook(spec, name)
-        return run_hook(hook, wire)
+        return run_hook(hook, wire, partial)
 
     def find_event_handler(self, handler_name, api_id):
         """The API's bundle handler first (events carry APIID, not bundle_hash), then the
@@ -320,13 +331,104 @@ def _unpack(result, count, hook, shape):
     raise HookError("hook %r must return %s; it returned %r" % (hook.name, shape, result))
 
 
-def run_hook(hook, wire):
+_CONTAINER_FIELDS = {}
+
+
+def _container_fields(cls):
+    """``(name, kind)`` of the fields of ``cls`` that hold maps, lists or messages (cached)."""
+    fields = _CONTAINER_FIELDS.get(cls)
+    if fields is None:
+        fields = _CONTAINER_FIELDS[cls] = [
+            (k, kind) for k, kind in cls.FIELDS.items() if kind == objects.MAP or not isinstance(kind, str)
+        ]
+    return fields
+
+
+def _snap(cls, d):
+    """A copy of message dict ``d`` deep enough that no later change to ``d`` shows in it: the
+    "before" picture of a partial reply. Schema-driven (maps of strings are copied in C, only
+    nested messages recurse), so it costs a few microseconds, far less than ``copy.deepcopy`` or
+    a second decode. Fields the schema does not know are not copied: the gateway ignores them."""
+    if type(d) is not dict:
+        return d
+    out = dict(d)
+    for k, kind in _container_fields(cls):
+        v = out.get(k)
+        if v is None:
+            continue
+        if kind == objects.MAP:
+            out[k] = dict(v) if type(v) is dict else v
+            continue
+        tag = kind[0]
+        if tag == objects.LIST:
+            out[k] = list(v) if type(v) is list else v
+        elif tag == "msg":
+            out[k] = _snap(kind[1], v)
+        elif tag == "msgmap" and type(v) is dict:
+            out[k] = {mk: _snap(kind[1], mv) for mk, mv in v.items()}
+        elif tag == "msglist" and type(v) is list:
+            out[k] = [_snap(kind[1], x) for x in v]
+    return out
+
+
+def _changed(cls, now, before):
+    """The fields of message dict ``now`` that differ from ``before`` (its snapshot), coerced
+    to their wire types; ``{}`` when nothing changed. Values are compared with ``==``, one deep
+    comparison done in C."""
+    if not isinstance(before, dict):
+        return clean(cls, now)
+    return clean(cls, {k: v for k, v in now.items() if k not in before or before[k] != v})
+
+
+def _partial_reply(wire, pristine, request_d, session_d, session_in, metadata, response_d):
+    """The reply the pipe protocol allows: absent means unchanged (PROTOCOL.md section 5).
+
+    Coercing and encoding only what a hook changed is most of the runner's speed: a typical hook
+    touches one or two fields of an object with a dozen headers. The result applies exactly as
+    the whole echoed object would: request fields are applied one by one; an auth_check hook's
+    session and metadata go back whole (the gateway installs them as they are); the response's
+    ``headers`` and ``multivalue_headers`` travel together because the gateway syncs one with the
+    other.
+    """
+    out = {}
+    req = _changed(MiniRequestObject, request_d, pristine.get("request"))
+    if req:
+        out["request"] = req
+    auth = wire.get("hook_type") == "CustomKeyCheck"
+    if auth or session_d != (pristine.get("session") or {}):
+        if session_in is not None or not is_empty(SessionState, session_d):
+            out["session"] = clean(SessionState, session_d)
+    if auth or metadata != (pristine.get("metadata") or {}):
+        out["metadata"] = clean(Object, {"metadata": metadata}).get("metadata", {})
+    if response_d is not None:
+        before = pristine.get("response")
+        resp = _changed(ResponseObject, response_d, before)
+        if resp and ("headers" in resp or "multivalue_headers" in resp):
+            for k in ("headers", "multivalue_headers"):
+                if k not in resp and k in response_d:
+                    resp[k] = clean(ResponseObject, {k: response_d[k]}).get(k)
+        if resp:
+            out["response"] = resp
+    return out
+
+
+def run_hook(hook, wire, partial=False):
     """Call ``hook`` with Tyk's arguments for its arity and fold its results back into ``wire``.
 
     Mirrors Tyk's ``tyk/middleware.py``: the metadata passed to 4- and 5-argument hooks is the
     object's metadata map (the gateway fills it from the session), and metadata returned by a
-    4-argument (auth) hook is merged into ``session.metadata``. The whole object is returned.
+    4-argument (auth) hook is merged into ``session.metadata``. The whole object is returned, or,
+    with ``partial``, only what the hook changed (the pipe protocol's "absent means unchanged").
     """
+    pristine = None
+    if partial:
+        md = wire.get("metadata")
+        pristine = {
+            "request": _snap(MiniRequestObject, wire.get("request")),
+            "session": _snap(SessionState, wire.get("session")),
+            "metadata": dict(md) if type(md) is dict else md,
+            "response": _snap(ResponseObject, wire.get("response")),
+        }
     request_d = _sub(wire, "request")
     if request_d is None:
         request_d = wire["request"] = {}
@@ -380,6 +482,10 @@ def run_hook(hook, wire):
             % (hook.name, n)
         )
 
+    if pristine is not None:
+        return _partial_reply(
+            wire, pristine, request_d, session_d, session_in, metadata, response_d
+        )
     out = dict(wire)
     out["request"] = request_d
     out["metadata"] = metadata
@@ -456,10 +562,15 @@ class WorkerPool(object):
 
 
 class Writer(object):
-    """One thread writes every reply; it drains whatever is queued into a single ``write``."""
+    """One thread writes every pool reply; it drains whatever is queued into a single ``write``.
+
+    The reading thread writes its inline replies itself (:meth:`write_now`); one lock keeps the
+    two writers' frames from interleaving.
+    """
 
     def __init__(self, fd):
         self.fd = fd
+        self._lock = threading.Lock()
         self._q = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="pipegate-writer", daemon=True)
         self._thread.start()
@@ -486,23 +597,29 @@ class Writer(object):
                 else:
                     chunks.append(item)
             if chunks:
-                data = memoryview(b"".join(chunks))
-                try:
-                    while data:
-                        written = os.write(self.fd, data)
-                        data = data[written:]
-                except OSError as e:
-                    _log("cannot write to the gateway (%s); exiting" % e, "error")
-                    os._exit(1)
+                self.write_now(b"".join(chunks))
             if stop:
                 return
+
+    def write_now(self, data):
+        """Write ``data`` (whole frames) at once from the calling thread."""
+        data = memoryview(data)
+        try:
+            with self._lock:
+                while data:
+                    written = os.write(self.fd, data)
+                    data = data[written:]
+        except OSError as e:
+            _log("cannot write to the gateway (%s); exiting" % e, "error")
+            os._exit(1)
 
 
 class Runner(object):
     """The protocol loop: reads frames on the calling thread, hands hooks to the pool."""
 
     def __init__(self, registry, in_fd, out_fd, name=DEFAULT_NAME, workers=DEFAULT_WORKERS,
-                 announce_hooks=True, drain_seconds=DEFAULT_DRAIN_SECONDS):
+                 announce_hooks=True, drain_seconds=DEFAULT_DRAIN_SECONDS,
+                 inline_threshold_ms=DEFAULT_INLINE_THRESHOLD_MS):
         self.registry = registry
         self.reader = FrameReader(in_fd)
         self.writer = Writer(out_fd)
@@ -510,17 +627,29 @@ class Runner(object):
         self.name = name
         self.announce_hooks = announce_hooks
         self.drain_seconds = drain_seconds
+        # <= 0: every hook runs on the pool (the behaviour before inline calls existed).
+        self.inline_threshold = inline_threshold_ms / 1000.0
+        # Hook names on the pool -> [fast pool calls in a row, calls needed to move back].
+        self.slow_hooks = {}
+        self._moves = {}
+        self._out = []
+
+    def _flush(self):
+        if self._out:
+            out, self._out = self._out, []
+            self.writer.write_now(out[0] if len(out) == 1 else b"".join(out))
 
     def run(self):
         """Serve until end of input; returns the process exit code."""
         code = 0
         try:
-            for frame in self.reader.frames():
+            for frame in self.reader.frames(self._flush):
                 if not self._handle(frame):
                     break
         except ProtocolError as e:
             _log("protocol error: %s; exiting so the gateway restarts the plugin" % e, "error")
             code = 2
+        self._flush()
         if not self.pool.wait_idle(self.drain_seconds):
             _log("shutting down with hooks still running after %.1fs" % self.drain_seconds,
                  "warning")
@@ -542,7 +671,15 @@ class Runner(object):
         kind = msg.get("type")
         mid = msg.get("id")
         if kind == "dispatch":
-            self.pool.submit(self._dispatch, mid, msg.get("object"))
+            wire = msg.get("object")
+            name = wire.get("hook_name", "") if isinstance(wire, dict) else ""
+            if self.inline_threshold <= 0 or name in self.slow_hooks:
+                self.pool.submit(self._pooled, mid, wire, name)
+            else:
+                started = time.perf_counter()
+                self._out.append(self._reply(mid, wire))
+                if time.perf_counter() - started > self.inline_threshold:
+                    self._to_pool(name)
         elif kind == "hello":
             self._hello(msg)
         elif kind == "event":
@@ -568,10 +705,35 @@ class Runner(object):
             reply["hooks"] = self.registry.hook_names()
         self._send(reply)
 
-    def _dispatch(self, mid, wire):
+    def _to_pool(self, name):
+        moves = self._moves.get(name, 0)
+        self._moves[name] = moves + 1
+        self.slow_hooks[name] = [0, _FAST_CALLS_TO_RETURN << min(moves, 16)]
+        if moves == 0:
+            _log("hook %r took over %.1f ms; running it on the thread pool from now on"
+                 % (name, self.inline_threshold * 1000))
+
+    def _pooled(self, mid, wire, name):
+        started = time.perf_counter()
+        self.writer.send(self._reply(mid, wire))
+        if self.inline_threshold <= 0:
+            return
+        # Pool threads update this state under the GIL; a lost update only delays a move back.
+        state = self.slow_hooks.get(name)
+        if state is None:
+            return
+        if time.perf_counter() - started > self.inline_threshold:
+            state[0] = 0
+        else:
+            state[0] += 1
+            if state[0] >= state[1]:
+                self.slow_hooks.pop(name, None)
+
+    def _reply(self, mid, wire):
+        """Run one dispatch and return its reply frame (an error reply if the hook failed)."""
         name = wire.get("hook_name", "") if isinstance(wire, dict) else ""
         try:
-            frame = encode({"id": mid, "object": self.registry.dispatch(wire)})
+            frame = encode({"id": mid, "object": self.registry.dispatch(wire, partial=True)})
         except HookError as e:
             # A wiring mistake, not a crash inside the plugin: one line is enough.
             _log(str(e), "error")
@@ -582,7 +744,7 @@ class Runner(object):
             sys.stderr.flush()
             frame = encode({"id": mid, "error": "hook %r failed: %s: %s"
                             % (name, type(e).__name__, e)})
-        self.writer.send(frame)
+        return frame
 
     def _event(self, payload):
         try:
@@ -636,6 +798,12 @@ def _parse_args(argv):
     p.add_argument("--any-hook", action="store_true",
                    help="do not list hook names in hello, so the gateway sends every hook "
                         "(use when bundles loaded later bring hooks the modules lack)")
+    p.add_argument("--inline-threshold-ms", type=float,
+                   default=float(os.environ.get("PIPEGATE_PYTHON_INLINE_MS",
+                                                DEFAULT_INLINE_THRESHOLD_MS)),
+                   help="hooks faster than this run inline on the reading thread; a hook that "
+                        "takes longer moves to the thread pool (0 = always use the pool; "
+                        "default %(default)s)")
     p.add_argument("--drain-seconds", type=float, default=DEFAULT_DRAIN_SECONDS,
                    help="on shutdown, how long to wait for running hooks (default %(default)s)")
     return p.parse_args(argv)
@@ -657,7 +825,8 @@ def main(argv=None):
              "warning")
     in_fd, out_fd = _take_stdio()
     runner = Runner(registry, in_fd, out_fd, name=args.name, workers=args.workers,
-                    announce_hooks=not args.any_hook, drain_seconds=args.drain_seconds)
+                    announce_hooks=not args.any_hook, drain_seconds=args.drain_seconds,
+                    inline_threshold_ms=args.inline_threshold_ms)
     code = runner.run()
     try:
         sys.stderr.flush()

@@ -54,8 +54,11 @@ class FrameReader(object):
         self._buf = bytearray()
         self._pos = 0
 
-    def frames(self):
+    def frames(self, before_read=None):
         """Yield each frame payload; returns at a clean end of input.
+
+        ``before_read`` is called each time the buffered frames are used up, just before a read
+        that may block: the place to flush replies batched while handling those frames.
 
         Raises ProtocolError when a frame is over the limit or the input ends inside a frame.
         """
@@ -65,6 +68,8 @@ class FrameReader(object):
                 if frame is None:
                     break
                 yield frame
+            if before_read is not None:
+                before_read()
             chunk = os.read(self.fd, _READ_CHUNK)
             if not chunk:
                 pending = len(self._buf) - self._pos

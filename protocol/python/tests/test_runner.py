@@ -180,8 +180,10 @@ class HookArityTest(RunnerTestCase):
         self.assertEqual(req["delete_headers"], ["X-Remove-Me"])
         self.assertEqual(req["add_params"], {"added": "yes"})
         self.assertEqual(req["delete_params"], ["gone"])
-        self.assertEqual(req["return_overrides"]["response_code"], -1)
-        self.assertNotIn("session", reply["object"], "no session in, none out for pre hooks")
+        # Replies are partial (PROTOCOL.md section 5): what the hook did not touch is not sent.
+        for unchanged in ("return_overrides", "headers", "url", "method", "raw_body"):
+            self.assertNotIn(unchanged, req)
+        self.assertEqual(set(reply["object"]), {"request"}, "no session in, none out for pre hooks")
 
     def test_raw_body_goes_back_as_msgpack_bin(self):
         reply = self.call(2, "PreBody")
@@ -190,7 +192,7 @@ class HookArityTest(RunnerTestCase):
         body = reply["object"]["request"]["raw_body"]
         self.assertIsInstance(body, bytes)
         self.assertEqual(body, b"HELLO\x00\xff")
-        self.assertIsInstance(reply["object"]["request"]["body"], str)
+        self.assertNotIn("body", reply["object"]["request"], "the unchanged str body stays home")
 
     def test_return_overrides(self):
         ro = self.call(3, "PreDeny")["object"]["request"]["return_overrides"]
@@ -265,7 +267,8 @@ class HookArityTest(RunnerTestCase):
         response = {"status_code": 200, "raw_body": b"x", "headers": {}}
         r = self.call(9, "ResponseInPlace", hook_type="Response", response=response)["object"]
         self.assertEqual(r["response"]["headers"], {"X-In-Place": "yes"})
-        self.assertEqual(r["response"]["raw_body"], b"x")
+        self.assertNotIn("raw_body", r["response"], "an unchanged body is not sent back")
+        self.assertNotIn("status_code", r["response"])
 
     def test_legacy_pre_decorator_works(self):
         sh = self.call(10, "LegacyPre")["object"]["request"]["set_headers"]
@@ -316,6 +319,11 @@ class ErrorTest(RunnerTestCase):
 
 class ConcurrencyTest(RunnerTestCase):
     def test_slow_hook_does_not_block_a_fast_one(self):
+        # The first call of a hook runs inline; taking over 1 ms moves the hook to the pool.
+        warm_spec = {"APIID": "api1", "OrgID": "o", "bundle_hash": EMPTY_MD5, "sleep": "0.05"}
+        self.call(9, "Slow", spec=warm_spec)
+        self.assertTrue(any("'Slow' took over" in l for l in self.child.stderr_lines)
+                        or self._wait_for_stderr("'Slow' took over"))
         slow_spec = {"APIID": "api1", "OrgID": "o", "bundle_hash": EMPTY_MD5, "sleep": "1.5"}
         start = time.time()
         # One write, so both frames arrive in the same read: the hard case for a thread pool.
@@ -329,6 +337,23 @@ class ConcurrencyTest(RunnerTestCase):
         self.assertLess(first_at, 1.0)
         self.assertEqual(second["id"], 1)
         self.assertEqual(second["object"]["request"]["set_headers"], {"X-Slow": "1"})
+
+    def _wait_for_stderr(self, text):
+        deadline = time.time() + 5
+        while time.time() < deadline:
+            if any(text in l for l in self.child.stderr_lines):
+                return True
+            time.sleep(0.05)
+        return False
+
+    def test_fast_hooks_stay_inline_and_keep_order(self):
+        # Inline calls are answered in arrival order, all in one batch.
+        n = 50
+        self.child.proc.stdin.write(b"".join(frame(dispatch(i, "Fast")) for i in range(1, n + 1)))
+        self.child.proc.stdin.flush()
+        ids = [self.child.recv()["id"] for _ in range(n)]
+        self.assertEqual(ids, list(range(1, n + 1)))
+        self.assertFalse(any("took over" in l for l in self.child.stderr_lines))
 
     def test_many_pipelined_requests_all_answered(self):
         n = 300
