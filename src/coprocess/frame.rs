@@ -83,16 +83,17 @@ impl Serialize for Hello<'_> {
     }
 }
 
-/// `dispatch`: run a hook on `object`.
+/// `dispatch`: run a hook on `object` (an owned [`Object`], or anything that serializes as one,
+/// such as the chain's borrowed request view, which saves building the owned object per call).
 #[derive(Debug, Clone)]
-pub struct Dispatch<'a> {
+pub struct Dispatch<'a, T: ?Sized = Object> {
     /// Request id, echoed in the reply.
     pub id: u64,
     /// The hook's object.
-    pub object: &'a Object,
+    pub object: &'a T,
 }
 
-impl Serialize for Dispatch<'_> {
+impl<T: Serialize + ?Sized> Serialize for Dispatch<'_, T> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let mut m = s.serialize_struct("Dispatch", 3)?;
         m.serialize_field("type", "dispatch")?;
@@ -173,10 +174,10 @@ pub fn encode_frame<T: Serialize>(
 }
 
 /// Appends a `dispatch` frame.
-pub fn encode_dispatch(
+pub fn encode_dispatch<T: Serialize + ?Sized>(
     buf: &mut Vec<u8>,
     id: u64,
-    object: &Object,
+    object: &T,
     max: usize,
 ) -> Result<usize, FrameError> {
     encode_frame(buf, &Dispatch { id, object }, max)

@@ -530,7 +530,13 @@ impl PipeClient {
     /// Queues a hook call and returns its id at once; the answer (exactly one [`HookReply`]) comes
     /// on the worker's channel. `tag` is opaque and comes back in the reply. Never blocks on the
     /// pipe: while the child is down the answer is [`CallError::Unavailable`], sent immediately.
-    pub fn dispatch(&self, worker: usize, tag: u64, deadline: Instant, object: &Object) -> u64 {
+    pub fn dispatch<T: serde::Serialize + ?Sized>(
+        &self,
+        worker: usize,
+        tag: u64,
+        deadline: Instant,
+        object: &T,
+    ) -> u64 {
         let inner = &self.inner;
         let id = inner.next_id.fetch_add(1, Ordering::Relaxed);
         let gen = inner.current.read().clone();
@@ -754,7 +760,9 @@ impl Inner {
     /// Sends answers for calls already removed from the pending table, waking each worker once.
     fn deliver(&self, items: impl IntoIterator<Item = (u64, Pending, Result<Object, CallError>)>) {
         let workers = self.workers.read();
-        let mut wake = vec![false; workers.len()];
+        // Which workers to wake, as a bit set (no allocation per batch of replies); workers past
+        // the 128th are woken per reply.
+        let mut wake: u128 = 0;
         for (call_id, p, result) in items {
             match p.target {
                 Target::Hook { worker, tag } => {
@@ -764,7 +772,11 @@ impl Inner {
                             tag,
                             result,
                         });
-                        wake[worker] = true;
+                        if worker < 128 {
+                            wake |= 1 << worker;
+                        } else if let Err(e) = w.waker.wake() {
+                            tracing::debug!("waking worker {worker} failed: {e}");
+                        }
                     }
                 }
                 Target::Bundle(tx) => {
@@ -772,9 +784,9 @@ impl Inner {
                 }
             }
         }
-        for (i, w) in wake.iter().enumerate() {
-            if *w {
-                if let Err(e) = workers[i].waker.wake() {
+        for (i, w) in workers.iter().enumerate().take(128) {
+            if wake & (1 << i) != 0 {
+                if let Err(e) = w.waker.wake() {
                     tracing::debug!("waking worker {i} failed: {e}");
                 }
             }

@@ -51,6 +51,30 @@ pub fn canonical_name_into(name: &[u8], out: &mut String) {
     }
 }
 
+/// Turns `name` into its Go-canonical form in place (no allocation: only ASCII case changes);
+/// names that are not tokens are left as they are, as [`canonical_name_into`] does.
+pub fn canonicalize_in_place(name: &mut String) {
+    let valid = name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+    if !valid {
+        return;
+    }
+    let mut upper = true;
+    let mut out = std::mem::take(name).into_bytes();
+    for b in out.iter_mut() {
+        let was_dash = *b == b'-';
+        if upper {
+            b.make_ascii_uppercase();
+        } else {
+            b.make_ascii_lowercase();
+        }
+        upper = was_dash;
+    }
+    // Only ASCII letters changed case, so the bytes are still UTF-8.
+    *name = String::from_utf8(out).unwrap_or_default();
+}
+
 /// The Go-canonical form of a header name, owned.
 pub fn canonical_name(name: &[u8]) -> String {
     let mut s = String::with_capacity(name.len());
@@ -61,6 +85,24 @@ pub fn canonical_name(name: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn in_place_canonical_form_matches_the_owned_one() {
+        for n in [
+            "x-foo-BAR",
+            "CONTENT-TYPE",
+            "a",
+            "-x-",
+            "x_weird.name",
+            "bad name",
+            "ünï",
+            "",
+        ] {
+            let mut s = n.to_string();
+            canonicalize_in_place(&mut s);
+            assert_eq!(s, canonical_name(n.as_bytes()), "{n}");
+        }
+    }
 
     #[test]
     fn canonicalizes_like_go() {

@@ -100,6 +100,9 @@ pub struct RequestState {
     pub store_pending: bool,
     /// The ID extractor cache was consulted (and missed) for this request.
     pub cache_checked: bool,
+    /// The previous request's edits, cleared, kept so the next request's first edit does not
+    /// allocate (keep-alive connections reuse their `RequestState`).
+    pub spare_edits: Option<Box<RequestEdits>>,
     /// The object of the pipe call in flight and its hook, kept only when gRPC fallback is on.
     pub retry: Option<(Box<Object>, HookDef)>,
     /// A body file written for the call in flight, deleted when it is answered.
@@ -123,7 +126,10 @@ impl RequestState {
     /// Clears for the next request, keeping buffer capacity.
     pub fn reset(&mut self) {
         self.phase = Phase::Start;
-        self.edits = None;
+        if let Some(mut e) = self.edits.take() {
+            e.clear();
+            self.spare_edits = Some(e);
+        }
         self.body.clear();
         self.body_buffered = false;
         self.response = None;
@@ -144,7 +150,9 @@ impl RequestState {
 
     /// The edits, created on first use.
     pub fn edits_mut(&mut self) -> &mut RequestEdits {
-        self.edits.get_or_insert_with(Default::default)
+        let spare = &mut self.spare_edits;
+        self.edits
+            .get_or_insert_with(|| spare.take().unwrap_or_default())
     }
 }
 
@@ -562,8 +570,8 @@ pub fn apply_request_reply(
                     return Outcome::Respond(middleware_error());
                 }
                 // Tyk's setCustomHeader canonicalizes the name.
-                let mut name = String::with_capacity(k.len());
-                canonical_name_into(k.as_bytes(), &mut name);
+                let mut name = k;
+                crate::http::headers::canonicalize_in_place(&mut name);
                 state.edits_mut().set_header(name, v);
             }
         }

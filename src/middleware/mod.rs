@@ -5,6 +5,7 @@
 //! now, or wait for a plugin's reply). The server drives it.
 
 pub mod chain;
+pub mod hook_object;
 
 /// Changes plugin hooks made to a request, applied when the upstream request head is written. The
 /// original head stays untouched in the read buffer; this holds only the differences.
@@ -25,6 +26,16 @@ pub struct RequestEdits {
 }
 
 impl RequestEdits {
+    /// Empties every change but keeps the lists' capacity, for reuse by the next request.
+    pub fn clear(&mut self) {
+        self.method = None;
+        self.path = None;
+        self.query = None;
+        self.set_headers.clear();
+        self.delete_headers.clear();
+        self.body = None;
+    }
+
     /// True when the client's header `name` must not be forwarded as sent (deleted or replaced).
     pub fn removes_header(&self, name: &[u8]) -> bool {
         self.delete_headers

@@ -28,6 +28,7 @@ use crate::http::{self, response, BodyKind, ChunkedDecoder};
 use crate::middleware::chain::{
     self, LocalResponse, Outcome, PendingCall, Phase, RequestView, Step,
 };
+use crate::middleware::hook_object::RequestHookObject;
 use crate::proxy::{self, Outbound, Pool, Upstream};
 use crate::{admin, store};
 use crossbeam_channel::{Receiver, Sender};
@@ -1343,6 +1344,9 @@ impl Worker {
                 }
             }
         };
+        if self.dispatch_borrowed(ci, hook, def, &api) {
+            return;
+        }
         let send_body = self.snapshot.gateway.coprocess.send_body;
         let c = &self.conns[ci];
         let view = RequestView {
@@ -1355,6 +1359,50 @@ impl Worker {
         let obj =
             chain::request_object(hook, def, &api, &view, c.req.session.as_deref(), send_body);
         self.dispatch(ci, hook, def, obj);
+    }
+
+    /// The allocation-free way to send a request-phase hook: over the pipe, encoded straight
+    /// from the read buffer ([`RequestHookObject`]) instead of through an owned object. Returns
+    /// false, having done nothing, where the owned object is needed: gRPC, a gRPC fallback that
+    /// must keep the object to re-send it, a body large enough to go as a file, or a request a
+    /// hook already changed.
+    fn dispatch_borrowed(
+        &mut self,
+        ci: usize,
+        hook: HookType,
+        def: &HookDef,
+        api: &ApiDefinition,
+    ) -> bool {
+        let cp = &self.snapshot.gateway.coprocess;
+        let Some((pipe, handle)) = self.pipe.as_ref() else {
+            return false;
+        };
+        if self.transport_for(api) != Transport::Pipe
+            || (cp.enable_grpc_fallback && self.grpc.is_some())
+        {
+            return false;
+        }
+        let c = &self.conns[ci];
+        let threshold = cp.mmap_threshold_bytes;
+        if threshold > 0 && c.req.body.len() >= threshold && pipe.supports_mmap() {
+            return false;
+        }
+        let view = RequestView {
+            buf: &c.rbuf,
+            head: &c.head,
+            edits: c.req.edits.as_deref(),
+            body: &c.req.body,
+            scheme: "http",
+        };
+        let session = c.req.session.as_deref();
+        let Some(obj) = RequestHookObject::new(hook, def, api, &view, session, cp.send_body) else {
+            return false;
+        };
+        let timeout = def.timeout.unwrap_or(cp.hook_timeout);
+        let deadline = self.now + timeout;
+        let id = pipe.dispatch(handle.id, tag_of(ci, c.generation), deadline, &obj);
+        self.park_on_call(ci, id, hook, def, false, None);
+        true
     }
 
     /// Runs a store operation: inline for the embedded store (in-process maps), on the store
@@ -1675,8 +1723,6 @@ impl Worker {
     ) {
         let cp = &self.snapshot.gateway.coprocess;
         let timeout = def.timeout.unwrap_or(cp.hook_timeout);
-        // An auth hook never fails open: a protected API is never served without a session.
-        let fail_open = hook != HookType::CustomKeyCheck && def.fail_open.unwrap_or(cp.fail_open);
         let threshold = cp.mmap_threshold_bytes;
         let via_grpc = force_grpc
             || self.conns[ci]
@@ -1703,7 +1749,25 @@ impl Worker {
                 return;
             }
         };
+        self.park_on_call(ci, id, hook, def, via_grpc, retry);
+    }
+
+    /// Parks the connection on hook call `id` until its reply (or the safety-net deadline).
+    fn park_on_call(
+        &mut self,
+        ci: usize,
+        id: u64,
+        hook: HookType,
+        def: &HookDef,
+        via_grpc: bool,
+        retry: Option<(Box<crate::coprocess::object::Object>, HookDef)>,
+    ) {
+        let cp = &self.snapshot.gateway.coprocess;
+        let timeout = def.timeout.unwrap_or(cp.hook_timeout);
+        // An auth hook never fails open: a protected API is never served without a session.
+        let fail_open = hook != HookType::CustomKeyCheck && def.fail_open.unwrap_or(cp.fail_open);
         tracing::trace!(call = id, hook = hook.name(), name = %def.name, "hook dispatched");
+        let c = &mut self.conns[ci];
         c.req.pending = Some(PendingCall {
             id,
             hook,
@@ -1826,11 +1890,13 @@ impl Worker {
                 edits: state.edits.clone(),
                 body_buffered: state.body_buffered,
                 session: state.session.take(),
+                spare_edits: state.spare_edits.take(),
                 ..Default::default()
             };
             let out = chain::apply_request_reply(pending.hook, &api, &view, &mut work, reply);
             state.edits = work.edits;
             state.session = work.session;
+            state.spare_edits = work.spare_edits;
             out
         };
         c.req = state;
