@@ -68,6 +68,7 @@ pub struct ChunkedDecoder {
     remaining: u64,
     line: usize,
     trailers: usize,
+    announced: u64,
 }
 
 impl Default for ChunkedDecoder {
@@ -86,12 +87,20 @@ impl ChunkedDecoder {
             remaining: 0,
             line: 0,
             trailers: 0,
+            announced: 0,
         }
     }
 
     /// True once the terminating empty line after the last chunk has been consumed.
     pub fn is_done(&self) -> bool {
         self.st == St::Done
+    }
+
+    /// Sum of the chunk sizes announced so far (the current chunk's whole size included, before
+    /// its data has arrived), so a body limit can refuse a chunk that could never fit instead of
+    /// forwarding its size line first.
+    pub fn announced(&self) -> u64 {
+        self.announced
     }
 
     /// Consumes bytes from `input`, returning how many belong to this body. Stops at the end of the
@@ -113,6 +122,11 @@ impl ChunkedDecoder {
                         }
                         self.size = (self.size << 4) | v as u64;
                         self.digits += 1;
+                        // Above i64::MAX a peer parsing sizes as signed numbers sees a negative
+                        // size: a known smuggling vector, so such a size is never forwarded.
+                        if self.size > i64::MAX as u64 {
+                            return Err(ChunkError::BadSize);
+                        }
                         i += 1;
                     }
                     None => {
@@ -150,6 +164,7 @@ impl ChunkedDecoder {
                         self.st = St::TrailerStart;
                     } else {
                         self.remaining = self.size;
+                        self.announced = self.announced.saturating_add(self.size);
                         self.st = St::Data;
                     }
                 }

@@ -1751,6 +1751,94 @@ impl Drop for GrpcServer {
 // Load through the scenario plugin's Echo hook
 // ---------------------------------------------------------------------------------------------
 
+/// Tallies of a load run.
+#[derive(Default)]
+pub struct Tally {
+    /// Requests answered 200 with their own data.
+    pub ok: AtomicUsize,
+    /// Requests answered with a clean Tyk 5xx.
+    pub clean_errors: AtomicUsize,
+    /// The first bad outcomes, for the report.
+    pub bad: Mutex<Vec<String>>,
+    /// Every bad outcome (a mix-up, a dropped connection, a malformed answer).
+    pub bad_count: AtomicUsize,
+}
+
+impl Tally {
+    /// Counts one outcome; false for a bad one (the caller should reconnect).
+    pub fn record(&self, o: LoadOutcome) -> bool {
+        match o {
+            LoadOutcome::Ok => {
+                self.ok.fetch_add(1, Ordering::Relaxed);
+                true
+            }
+            LoadOutcome::CleanError => {
+                self.clean_errors.fetch_add(1, Ordering::Relaxed);
+                true
+            }
+            LoadOutcome::Bad(why) => {
+                self.bad_count.fetch_add(1, Ordering::Relaxed);
+                let mut b = self.bad.lock().unwrap_or_else(|p| p.into_inner());
+                if b.len() < 20 {
+                    b.push(why);
+                }
+                false
+            }
+        }
+    }
+
+    /// A one-line summary with the first bad outcomes.
+    pub fn report(&self) -> String {
+        format!(
+            "{} ok, {} clean 5xx, {} bad; first bad: {:#?}",
+            self.ok.load(Ordering::Relaxed),
+            self.clean_errors.load(Ordering::Relaxed),
+            self.bad_count.load(Ordering::Relaxed),
+            self.bad.lock().unwrap_or_else(|p| p.into_inner())
+        )
+    }
+}
+
+/// The pid in the last "[<name>:<pid>] plugin ready" log line.
+pub fn ready_pid(gw: &Gateway, name: &str) -> Option<u32> {
+    let marker = format!("[{name}:");
+    gw.log()
+        .lines()
+        .iter()
+        .rev()
+        .filter(|l| l.contains("plugin ready"))
+        .find_map(|l| {
+            let rest = l.split_once(&marker)?.1;
+            rest.split(']').next()?.parse().ok()
+        })
+}
+
+/// Waits for a "plugin ready" line after log line `mark` (a restarted child) and returns the
+/// new child's pid.
+pub fn wait_restarted(gw: &Gateway, mark: usize, name: &str) -> u32 {
+    let line = gw
+        .log()
+        .wait_for(mark, "plugin ready", PLUGIN_RESTART_WAIT)
+        .unwrap_or_else(|| panic!("the plugin was not restarted within {PLUGIN_RESTART_WAIT:?}"));
+    let marker = format!("[{name}:");
+    line.split_once(&marker)
+        .and_then(|(_, rest)| rest.split(']').next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no pid in the ready line {line:?}"))
+}
+
+/// How long a restarted plugin child may take to report ready (a busy two-core machine).
+pub const PLUGIN_RESTART_WAIT: Duration = Duration::from_secs(60);
+
+/// Sends SIGKILL to a plugin child the gateway started for this test.
+pub fn kill_pid(pid: u32) {
+    let pid = libc::pid_t::try_from(pid).unwrap_or_else(|_| panic!("pid {pid} does not fit pid_t"));
+    // SAFETY: kill(2) has no memory-safety preconditions; the pid is the plugin child the gateway
+    // reported as running a moment ago (it is its parent and has not reaped it yet).
+    let rc = unsafe { libc::kill(pid, libc::SIGKILL) };
+    assert_eq!(rc, 0, "kill({pid}): {}", std::io::Error::last_os_error());
+}
+
 /// The outcome of one request under load.
 pub enum LoadOutcome {
     /// 200 carrying its own token both ways.
