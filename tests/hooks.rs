@@ -134,17 +134,6 @@ suite! {
 // Helpers
 // ---------------------------------------------------------------------------------------------
 
-/// A keyless API on `listen_path` in front of `target` with `custom_middleware` = `mw` (driver
-/// "python", as a Tyk definition for a Python plugin would say; [`HookEnv`] makes it "grpc" for
-/// the gRPC runs).
-fn hooked_api(api_id: &str, listen_path: &str, target: &str, mw: Value) -> Value {
-    let mut api = keyless_api(api_id, listen_path, target);
-    let mut cm = json!({ "driver": "python" });
-    merge(&mut cm, mw);
-    api["custom_middleware"] = cm;
-    api
-}
-
 /// [`hooked_api`] made a protected API with plugin auth (`enable_coprocess_auth`).
 fn protected_api(api_id: &str, listen_path: &str, target: &str, mw: Value) -> Value {
     let mut api = hooked_api(api_id, listen_path, target, mw);

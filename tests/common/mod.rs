@@ -502,6 +502,16 @@ impl Gateway {
         })
     }
 
+    /// The gateway's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Open file descriptors of the gateway process (from /proc), for leak checks.
+    pub fn fd_count(&self) -> usize {
+        fd_count(self.child.id())
+    }
+
     /// The address the gateway listens on.
     pub fn addr(&self) -> SocketAddr {
         self.addr
@@ -1827,6 +1837,35 @@ pub fn wait_restarted(gw: &Gateway, mark: usize, name: &str) -> u32 {
         .unwrap_or_else(|| panic!("no pid in the ready line {line:?}"))
 }
 
+/// Open file descriptors of process `pid` (entries of /proc/<pid>/fd).
+pub fn fd_count(pid: u32) -> usize {
+    fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap_or_else(|e| panic!("cannot list /proc/{pid}/fd: {e}"))
+        .count()
+}
+
+/// True while process `pid` exists and is not a zombie.
+pub fn process_alive(pid: u32) -> bool {
+    match fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state follows the parenthesised command name: "Z" is a zombie, "X" dead.
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|s| s != "Z" && s != "X"),
+        Err(_) => false,
+    }
+}
+
+/// A keyless API whose `custom_middleware` is `mw` (driver `python`, pipe or gRPC by the
+/// gateway's coprocess options), in front of `target`.
+pub fn hooked_api(api_id: &str, listen_path: &str, target: &str, mw: Value) -> Value {
+    let mut api = keyless_api(api_id, listen_path, target);
+    let mut cm = json!({ "driver": "python" });
+    merge(&mut cm, mw);
+    api["custom_middleware"] = cm;
+    api
+}
+
 /// How long a restarted plugin child may take to report ready (a busy two-core machine).
 pub const PLUGIN_RESTART_WAIT: Duration = Duration::from_secs(60);
 
@@ -1852,7 +1891,13 @@ pub enum LoadOutcome {
 /// Sends one request through the scenario plugin's `Echo` hook (`/echo/`) with `token` on `c`
 /// and classifies the answer: its own token must come back both ways and reach the upstream.
 pub fn echo_request(c: &mut Client, token: &str) -> LoadOutcome {
-    let bytes = req("GET", &format!("/echo/{token}?t={token}"))
+    echo_request_via(c, "/echo/", token)
+}
+
+/// [`echo_request`] through the API on `listen_path` (whose pre hook must set `X-Plugin-Token`
+/// from `X-Echo-Token`, as scenarios.py's `Echo` and `WrongId` do).
+pub fn echo_request_via(c: &mut Client, listen_path: &str, token: &str) -> LoadOutcome {
+    let bytes = req("GET", &format!("{listen_path}{token}?t={token}"))
         .token(token)
         .to_bytes();
     if let Err(e) = c.try_send(&bytes) {
