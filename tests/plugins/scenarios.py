@@ -161,6 +161,11 @@ def hook(obj):
         return {"request": {"return_overrides": {"response_code": 200, "response_body": "ok",
                                                   "headers": {"X-Evil": "a\r\nInjected: yes",
                                                               "X-Fine": "fine"}}}}
+    if name == "Reflect":
+        # Short-circuit: answers the client directly with its own token.
+        tok = headers.get("X-Echo-Token", "")
+        return {"request": {"return_overrides": {"response_code": 200, "response_body": tok,
+                                                  "headers": {"X-Reflected": tok}}}}
     if name == "CloseStdout":
         # Fault: the child closes its stdout but stays alive (and keeps reading stdin).
         with out_lock:
