@@ -166,6 +166,26 @@ def hook(obj):
         tok = headers.get("X-Echo-Token", "")
         return {"request": {"return_overrides": {"response_code": 200, "response_body": tok,
                                                   "headers": {"X-Reflected": tok}}}}
+    if name == "Hijack":
+        # Tries to take over routing, framing and the connection of the upstream request.
+        return {"request": {"raw_body": b"12345", "set_headers": {
+            "Host": "evil.example", "Content-Length": "0", "Transfer-Encoding": "chunked",
+            "Connection": "close, X-Legit", "Expect": "100-continue", "Upgrade": "h2c",
+            "Keep-Alive": "timeout=1", "Te": "trailers", "Trailer": "X-T",
+            "Proxy-Connection": "close", "X-Legit": "yes"}}}
+    if name == "HijackOverride":
+        return {"request": {"return_overrides": {"response_code": 200, "response_body": "short",
+                                                  "headers": {"Content-Length": "999",
+                                                              "Transfer-Encoding": "chunked",
+                                                              "Connection": "close",
+                                                              "Upgrade": "h2c",
+                                                              "Keep-Alive": "timeout=1",
+                                                              "X-Legit": "yes"}}}}
+    if name == "HijackResp":
+        return {"response": {"status_code": 200, "raw_body": b"resp",
+                             "headers": {"Content-Length": "999", "Transfer-Encoding": "chunked",
+                                         "Connection": "close", "Upgrade": "h2c",
+                                         "X-Legit": "yes"}}}
     if name == "CloseStdout":
         # Fault: the child closes its stdout but stays alive (and keeps reading stdin).
         with out_lock:
