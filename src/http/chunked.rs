@@ -291,6 +291,27 @@ mod tests {
     }
 
     #[test]
+    fn sizes_above_i64_max_are_refused_and_announced_sizes_add_up() {
+        // A peer reading sizes as signed 64-bit numbers would see these as negative.
+        assert_eq!(
+            decode_all(b"8000000000000000\r\nx"),
+            Err(ChunkError::BadSize)
+        );
+        assert_eq!(
+            decode_all(b"ffffffffffffffff\r\nx"),
+            Err(ChunkError::BadSize)
+        );
+        let mut d = ChunkedDecoder::new();
+        assert!(d.feed(b"7fffffffffffffff\r\nab", None).is_ok());
+        assert_eq!(d.announced(), i64::MAX as u64);
+        let mut d = ChunkedDecoder::new();
+        let body = b"5\r\nhello\r\na\r\n0123456789\r\n100000\r\n";
+        assert_eq!(d.feed(body, None), Ok(body.len()));
+        // The third chunk counts in full as soon as its size line is read.
+        assert_eq!(d.announced(), 5 + 10 + 0x100000);
+    }
+
+    #[test]
     fn byte_at_a_time_matches_whole() {
         let body = b"a\r\n0123456789\r\n1\r\nx\r\n0\r\n\r\n";
         let mut d = ChunkedDecoder::new();
