@@ -132,8 +132,8 @@ fn one(c: &mut Client, kind: usize, tok: &str, f: &Figures) -> bool {
     }
 }
 
-/// Runs `total` requests from `clients` keep-alive clients, SIGKILLing the plugin child every
-/// `kill_every` completed requests (after it came back from the previous kill).
+/// Runs `total` requests from `clients` keep-alive clients, SIGKILLing the plugin child each
+/// time `kill_every` requests have completed since it came back from the previous kill.
 fn soak(tag: &str, total: usize, clients: usize, kill_every: usize) {
     let sb = Sandbox::new(tag);
     let echo = EchoUpstream::start();
@@ -208,8 +208,10 @@ fn soak(tag: &str, total: usize, clients: usize, kill_every: usize) {
                     let mark = gw.log().mark();
                     kill_pid(pid);
                     kills += 1;
-                    last_kill_at = received;
                     wait_restarted(&gw, mark, "scenarios");
+                    // Count the next `kill_every` requests from when the child is back, so it
+                    // serves that many between kills (requests fail fast while it is down).
+                    last_kill_at = figures.received.load(Ordering::Relaxed);
                 }
             }
         }
