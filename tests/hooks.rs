@@ -29,7 +29,7 @@ mod common;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -133,17 +133,6 @@ suite! {
 // ---------------------------------------------------------------------------------------------
 // Helpers
 // ---------------------------------------------------------------------------------------------
-
-/// A keyless API on `listen_path` in front of `target` with `custom_middleware` = `mw` (driver
-/// "python", as a Tyk definition for a Python plugin would say; [`HookEnv`] makes it "grpc" for
-/// the gRPC runs).
-fn hooked_api(api_id: &str, listen_path: &str, target: &str, mw: Value) -> Value {
-    let mut api = keyless_api(api_id, listen_path, target);
-    let mut cm = json!({ "driver": "python" });
-    merge(&mut cm, mw);
-    api["custom_middleware"] = cm;
-    api
-}
 
 /// [`hooked_api`] made a protected API with plugin auth (`enable_coprocess_auth`).
 fn protected_api(api_id: &str, listen_path: &str, target: &str, mw: Value) -> Value {
@@ -301,34 +290,6 @@ fn upstream_saw(r: &Response) -> Echoed {
         "the response did not come from the echo upstream: {r:?}"
     );
     r.echoed()
-}
-
-/// The pid in the last "[<name>:<pid>] plugin ready" log line.
-fn ready_pid(gw: &Gateway, name: &str) -> Option<u32> {
-    let marker = format!("[{name}:");
-    gw.log()
-        .lines()
-        .iter()
-        .rev()
-        .filter(|l| l.contains("plugin ready"))
-        .find_map(|l| {
-            let rest = l.split_once(&marker)?.1;
-            rest.split(']').next()?.parse().ok()
-        })
-}
-
-/// Waits for a "plugin ready" line after log line `mark` (a restarted child) and returns the
-/// new child's pid.
-fn wait_restarted(gw: &Gateway, mark: usize, name: &str) -> u32 {
-    let line = gw
-        .log()
-        .wait_for(mark, "plugin ready", LOG_WAIT)
-        .unwrap_or_else(|| panic!("the plugin was not restarted within {LOG_WAIT:?}"));
-    let marker = format!("[{name}:");
-    line.split_once(&marker)
-        .and_then(|(_, rest)| rest.split(']').next())
-        .and_then(|p| p.parse().ok())
-        .unwrap_or_else(|| panic!("no pid in the ready line {line:?}"))
 }
 
 /// Parses the X-Inspect header scenarios.py's `Inspect` hook sets (the object it received).
@@ -1695,48 +1656,6 @@ fn frozen_child_is_killed_and_restarted() {
 // Concurrency and crashes
 // ---------------------------------------------------------------------------------------------
 
-/// Tallies of a load run.
-#[derive(Default)]
-struct Tally {
-    ok: AtomicUsize,
-    clean_errors: AtomicUsize,
-    bad: Mutex<Vec<String>>,
-    bad_count: AtomicUsize,
-}
-
-impl Tally {
-    fn record(&self, o: LoadOutcome) -> bool {
-        match o {
-            LoadOutcome::Ok => {
-                self.ok.fetch_add(1, Ordering::Relaxed);
-                true
-            }
-            LoadOutcome::CleanError => {
-                self.clean_errors.fetch_add(1, Ordering::Relaxed);
-                true
-            }
-            LoadOutcome::Bad(why) => {
-                self.bad_count.fetch_add(1, Ordering::Relaxed);
-                let mut b = self.bad.lock().unwrap_or_else(|p| p.into_inner());
-                if b.len() < 20 {
-                    b.push(why);
-                }
-                false
-            }
-        }
-    }
-
-    fn report(&self) -> String {
-        format!(
-            "{} ok, {} clean 5xx, {} bad; first bad: {:#?}",
-            self.ok.load(Ordering::Relaxed),
-            self.clean_errors.load(Ordering::Relaxed),
-            self.bad_count.load(Ordering::Relaxed),
-            self.bad.lock().unwrap_or_else(|p| p.into_inner())
-        )
-    }
-}
-
 /// 32 keep-alive clients × 320 requests (10,240) through a hook whose replies come back out of
 /// order (the plugin sleeps a varying time per request on a thread pool): every response carries
 /// its own request's token, as the upstream echoed it and as the plugin set it.
@@ -1894,15 +1813,6 @@ fn child_killed_mid_load_every_request_answered_and_child_back() {
             LoadOutcome::Bad(why) => panic!("request {i} after the restarts: {why}"),
         }
     }
-}
-
-/// Sends SIGKILL to a plugin child the gateway started for this test.
-fn kill_pid(pid: u32) {
-    let pid = libc::pid_t::try_from(pid).unwrap_or_else(|_| panic!("pid {pid} does not fit pid_t"));
-    // SAFETY: kill(2) has no memory-safety preconditions; the pid is the plugin child the gateway
-    // reported as running a moment ago (it is its parent and has not reaped it yet).
-    let rc = unsafe { libc::kill(pid, libc::SIGKILL) };
-    assert_eq!(rc, 0, "kill({pid}): {}", std::io::Error::last_os_error());
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -1144,42 +1144,10 @@ pub fn load_apis(gw: &GatewayConfig) -> Result<Vec<ApiDefinition>, Vec<ConfigErr
                 continue;
             }
         };
-        let root = match super::parse_json(file, &bytes) {
-            Ok(v) => v,
-            Err(e) => {
-                errors.push(e);
-                continue;
-            }
-        };
-        let mut issues = Issues::default();
-        let mut found = Vec::new();
-        match &root {
-            Value::Array(items) => {
-                if items.is_empty() {
-                    tracing::debug!(file = %file.display(), "API definition file holds an empty array");
-                }
-                for (i, item) in items.iter().enumerate() {
-                    let prefix = format!("[{i}]");
-                    if let Some(api) = api_from_value(item, &prefix, file, &mut issues) {
-                        found.push((api, prefix));
-                    }
-                }
-            }
-            Value::Object(_) => {
-                if let Some(api) = api_from_value(&root, "", file, &mut issues) {
-                    found.push((api, String::new()));
-                }
-            }
-            other => issues.push(
-                "",
-                format!(
-                    "expected an API definition object or an array of them, found {}",
-                    describe(other)
-                ),
-            ),
+        match parse_api_file(file, &bytes) {
+            Ok(found) => apis.extend(found),
+            Err(errs) => errors.extend(errs),
         }
-        errors.extend(to_errors(file, issues));
-        apis.extend(found);
     }
 
     for (i, (api, prefix)) in apis.iter().enumerate() {
@@ -1235,6 +1203,50 @@ pub fn load_apis(gw: &GatewayConfig) -> Result<Vec<ApiDefinition>, Vec<ConfigErr
         }
     }
     Ok(apis)
+}
+
+/// Validates one API definition file (an object or an array of them) from bytes already read:
+/// the active APIs with their `[i]` prefixes (empty for a single object), or every problem found
+/// in the file. Cross-file checks (unique api_id and listen_path) stay in [`load_apis`]. Split
+/// out so the definition parser can be fuzzed without a file system round trip.
+pub fn parse_api_file(
+    file: &Path,
+    bytes: &[u8],
+) -> Result<Vec<(ApiDefinition, String)>, Vec<ConfigError>> {
+    let root = super::parse_json(file, bytes).map_err(|e| vec![e])?;
+    let mut issues = Issues::default();
+    let mut found = Vec::new();
+    match &root {
+        Value::Array(items) => {
+            if items.is_empty() {
+                tracing::debug!(file = %file.display(), "API definition file holds an empty array");
+            }
+            for (i, item) in items.iter().enumerate() {
+                let prefix = format!("[{i}]");
+                if let Some(api) = api_from_value(item, &prefix, file, &mut issues) {
+                    found.push((api, prefix));
+                }
+            }
+        }
+        Value::Object(_) => {
+            if let Some(api) = api_from_value(&root, "", file, &mut issues) {
+                found.push((api, String::new()));
+            }
+        }
+        other => issues.push(
+            "",
+            format!(
+                "expected an API definition object or an array of them, found {}",
+                describe(other)
+            ),
+        ),
+    }
+    let errors = to_errors(file, issues);
+    if errors.is_empty() {
+        Ok(found)
+    } else {
+        Err(errors)
+    }
 }
 
 fn describe_prefix(prefix: &str) -> String {

@@ -258,7 +258,14 @@ pub fn load_gateway(conf_path: &Path) -> Result<GatewayConfig, ConfigError> {
 pub fn load_gateway_all(conf_path: &Path) -> Result<GatewayConfig, Vec<ConfigError>> {
     let bytes =
         std::fs::read(conf_path).map_err(|e| vec![ConfigError::unreadable(conf_path, &e)])?;
-    let root: Value = super::parse_json(conf_path, &bytes).map_err(|e| vec![e])?;
+    parse_gateway(conf_path, &bytes)
+}
+
+/// Validates tyk.conf from bytes already read; `conf_path` names the file in errors and is the
+/// base for its relative paths. Split from [`load_gateway_all`] so the parser can be fuzzed
+/// without a file system round trip.
+pub fn parse_gateway(conf_path: &Path, bytes: &[u8]) -> Result<GatewayConfig, Vec<ConfigError>> {
+    let root: Value = super::parse_json(conf_path, bytes).map_err(|e| vec![e])?;
     let mut issues = Issues::default();
     let cfg = gateway_from_value(conf_path, &root, &mut issues);
     match cfg {

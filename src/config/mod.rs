@@ -23,13 +23,13 @@ use std::path::Path;
 use std::sync::Arc;
 
 pub use api::{
-    load_apis, parse_middleware_section, ApiDefinition, HookDef, IdExtractor, IgnoredPath,
-    MiddlewareSection, UpstreamTarget,
+    load_apis, parse_api_file, parse_middleware_section, ApiDefinition, HookDef, IdExtractor,
+    IgnoredPath, MiddlewareSection, UpstreamTarget,
 };
 pub use error::ConfigError;
 pub use gateway::{
-    load_gateway, load_gateway_all, CoprocessOptions, GatewayConfig, Limits, LogFormat,
-    UpstreamOptions, DEFAULT_SECRET,
+    load_gateway, load_gateway_all, parse_gateway, CoprocessOptions, GatewayConfig, Limits,
+    LogFormat, UpstreamOptions, DEFAULT_SECRET,
 };
 
 /// One consistent, immutable view of the configuration: the gateway settings and the active

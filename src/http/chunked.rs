@@ -68,6 +68,7 @@ pub struct ChunkedDecoder {
     remaining: u64,
     line: usize,
     trailers: usize,
+    announced: u64,
 }
 
 impl Default for ChunkedDecoder {
@@ -86,12 +87,20 @@ impl ChunkedDecoder {
             remaining: 0,
             line: 0,
             trailers: 0,
+            announced: 0,
         }
     }
 
     /// True once the terminating empty line after the last chunk has been consumed.
     pub fn is_done(&self) -> bool {
         self.st == St::Done
+    }
+
+    /// Sum of the chunk sizes announced so far (the current chunk's whole size included, before
+    /// its data has arrived), so a body limit can refuse a chunk that could never fit instead of
+    /// forwarding its size line first.
+    pub fn announced(&self) -> u64 {
+        self.announced
     }
 
     /// Consumes bytes from `input`, returning how many belong to this body. Stops at the end of the
@@ -113,6 +122,11 @@ impl ChunkedDecoder {
                         }
                         self.size = (self.size << 4) | v as u64;
                         self.digits += 1;
+                        // Above i64::MAX a peer parsing sizes as signed numbers sees a negative
+                        // size: a known smuggling vector, so such a size is never forwarded.
+                        if self.size > i64::MAX as u64 {
+                            return Err(ChunkError::BadSize);
+                        }
                         i += 1;
                     }
                     None => {
@@ -150,6 +164,7 @@ impl ChunkedDecoder {
                         self.st = St::TrailerStart;
                     } else {
                         self.remaining = self.size;
+                        self.announced = self.announced.saturating_add(self.size);
                         self.st = St::Data;
                     }
                 }
@@ -273,6 +288,27 @@ mod tests {
         assert!(done);
         assert_eq!(out, b"hello world");
         assert_eq!(&body[n..], b"GET / HTTP/1.1");
+    }
+
+    #[test]
+    fn sizes_above_i64_max_are_refused_and_announced_sizes_add_up() {
+        // A peer reading sizes as signed 64-bit numbers would see these as negative.
+        assert_eq!(
+            decode_all(b"8000000000000000\r\nx"),
+            Err(ChunkError::BadSize)
+        );
+        assert_eq!(
+            decode_all(b"ffffffffffffffff\r\nx"),
+            Err(ChunkError::BadSize)
+        );
+        let mut d = ChunkedDecoder::new();
+        assert!(d.feed(b"7fffffffffffffff\r\nab", None).is_ok());
+        assert_eq!(d.announced(), i64::MAX as u64);
+        let mut d = ChunkedDecoder::new();
+        let body = b"5\r\nhello\r\na\r\n0123456789\r\n100000\r\n";
+        assert_eq!(d.feed(body, None), Ok(body.len()));
+        // The third chunk counts in full as soon as its size line is read.
+        assert_eq!(d.announced(), 5 + 10 + 0x100000);
     }
 
     #[test]

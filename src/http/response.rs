@@ -77,9 +77,10 @@ impl Local<'_> {
     pub fn write(&self, out: &mut Vec<u8>) {
         status_line(out, self.status);
         for (k, v) in self.headers {
+            // The gateway frames its own responses: a plugin's Content-Length or hop-by-hop
+            // header (Connection, Transfer-Encoding, Upgrade, ...) is never written.
             if k.eq_ignore_ascii_case("content-length")
-                || k.eq_ignore_ascii_case("connection")
-                || k.eq_ignore_ascii_case("transfer-encoding")
+                || super::headers::is_hop_by_hop(k.as_bytes())
             {
                 continue;
             }

@@ -786,14 +786,16 @@ fn middleware_error() -> LocalResponse {
     LocalResponse::error(500, "Middleware error", Vec::new())
 }
 
-/// A header a plugin may set: the name is an HTTP token, the value has no CR, LF or NUL (anything
-/// else could split the message it is written into).
+/// A header a plugin may set: the name is an HTTP token and the value holds no control character
+/// but HTAB (RFC 9110 5.5). CR, LF and NUL could split the message it is written into; the other
+/// controls make a request the upstream must reject (found by the `plugin_reply` fuzz target),
+/// so they are refused here, as Go's net/http refuses them in Tyk.
 pub fn valid_header(name: &str, value: &str) -> bool {
     !name.is_empty()
         && name
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
-        && !value.bytes().any(|b| b == b'\r' || b == b'\n' || b == 0)
+        && !value.bytes().any(|b| (b < 0x20 && b != b'\t') || b == 0x7f)
 }
 
 /// Percent-encodes the bytes of a path that may not appear raw in a request target (as Go's
@@ -828,5 +830,10 @@ mod tests {
         assert!(!valid_header("X-Evil", "a\r\nInjected: yes"));
         assert!(!valid_header("Bad Name", "v"));
         assert!(!valid_header("", "v"));
+        // Found by fuzzing: other controls make a request the upstream must reject.
+        assert!(!valid_header("X-Ctl", "a\x1cb"));
+        assert!(!valid_header("X-Del", "a\x7fb"));
+        assert!(valid_header("X-Tab", "a\tb"));
+        assert!(valid_header("X-Utf8", "caf\u{e9}"));
     }
 }

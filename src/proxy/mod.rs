@@ -265,9 +265,12 @@ pub fn write_request_head(o: &Outbound<'_>, out: &mut Vec<u8>) {
     }
     if let Some(e) = o.edits {
         for (k, v) in &e.set_headers {
+            // Framing and routing stay the gateway's: a plugin cannot set Host, Content-Length,
+            // Expect (the gateway answers 100-continue itself) or a hop-by-hop header upstream.
             if headers::is_hop_by_hop(k.as_bytes())
                 || k.eq_ignore_ascii_case("host")
                 || k.eq_ignore_ascii_case("content-length")
+                || k.eq_ignore_ascii_case("expect")
             {
                 continue;
             }

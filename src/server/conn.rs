@@ -242,6 +242,12 @@ impl Conn {
         Ok(n)
     }
 
+    /// True when the request body is over `max` bytes: received (framing included) or, for a
+    /// chunked body, announced by its chunk sizes.
+    pub fn body_exceeds(&self, max: u64) -> bool {
+        self.req_body_seen > max || self.req_chunk.announced() > max
+    }
+
     /// Drops `n` bytes right after the head (consumed body bytes), keeping the head in place.
     pub fn consume_after_head(&mut self, n: usize) {
         if n == 0 {

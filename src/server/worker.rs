@@ -913,7 +913,7 @@ impl Worker {
                 return Ok(true);
             }
         };
-        if c.req_body_seen > max_body {
+        if c.body_exceeds(max_body) {
             self.local_error(ci, 413, "Request body too large", true);
             return Ok(true);
         }
@@ -952,7 +952,7 @@ impl Worker {
                 return Ok(true);
             }
         };
-        if c.req.body.len() as u64 > max_body {
+        if c.req.body.len() as u64 > max_body || c.req_chunk.announced() > max_body {
             self.local_error(ci, 413, "Request body too large", true);
             return Ok(true);
         }

@@ -502,6 +502,16 @@ impl Gateway {
         })
     }
 
+    /// The gateway's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Open file descriptors of the gateway process (from /proc), for leak checks.
+    pub fn fd_count(&self) -> usize {
+        fd_count(self.child.id())
+    }
+
     /// The address the gateway listens on.
     pub fn addr(&self) -> SocketAddr {
         self.addr
@@ -1751,6 +1761,123 @@ impl Drop for GrpcServer {
 // Load through the scenario plugin's Echo hook
 // ---------------------------------------------------------------------------------------------
 
+/// Tallies of a load run.
+#[derive(Default)]
+pub struct Tally {
+    /// Requests answered 200 with their own data.
+    pub ok: AtomicUsize,
+    /// Requests answered with a clean Tyk 5xx.
+    pub clean_errors: AtomicUsize,
+    /// The first bad outcomes, for the report.
+    pub bad: Mutex<Vec<String>>,
+    /// Every bad outcome (a mix-up, a dropped connection, a malformed answer).
+    pub bad_count: AtomicUsize,
+}
+
+impl Tally {
+    /// Counts one outcome; false for a bad one (the caller should reconnect).
+    pub fn record(&self, o: LoadOutcome) -> bool {
+        match o {
+            LoadOutcome::Ok => {
+                self.ok.fetch_add(1, Ordering::Relaxed);
+                true
+            }
+            LoadOutcome::CleanError => {
+                self.clean_errors.fetch_add(1, Ordering::Relaxed);
+                true
+            }
+            LoadOutcome::Bad(why) => {
+                self.bad_count.fetch_add(1, Ordering::Relaxed);
+                let mut b = self.bad.lock().unwrap_or_else(|p| p.into_inner());
+                if b.len() < 20 {
+                    b.push(why);
+                }
+                false
+            }
+        }
+    }
+
+    /// A one-line summary with the first bad outcomes.
+    pub fn report(&self) -> String {
+        format!(
+            "{} ok, {} clean 5xx, {} bad; first bad: {:#?}",
+            self.ok.load(Ordering::Relaxed),
+            self.clean_errors.load(Ordering::Relaxed),
+            self.bad_count.load(Ordering::Relaxed),
+            self.bad.lock().unwrap_or_else(|p| p.into_inner())
+        )
+    }
+}
+
+/// The pid in the last "[<name>:<pid>] plugin ready" log line.
+pub fn ready_pid(gw: &Gateway, name: &str) -> Option<u32> {
+    let marker = format!("[{name}:");
+    gw.log()
+        .lines()
+        .iter()
+        .rev()
+        .filter(|l| l.contains("plugin ready"))
+        .find_map(|l| {
+            let rest = l.split_once(&marker)?.1;
+            rest.split(']').next()?.parse().ok()
+        })
+}
+
+/// Waits for a "plugin ready" line after log line `mark` (a restarted child) and returns the
+/// new child's pid.
+pub fn wait_restarted(gw: &Gateway, mark: usize, name: &str) -> u32 {
+    let line = gw
+        .log()
+        .wait_for(mark, "plugin ready", PLUGIN_RESTART_WAIT)
+        .unwrap_or_else(|| panic!("the plugin was not restarted within {PLUGIN_RESTART_WAIT:?}"));
+    let marker = format!("[{name}:");
+    line.split_once(&marker)
+        .and_then(|(_, rest)| rest.split(']').next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no pid in the ready line {line:?}"))
+}
+
+/// Open file descriptors of process `pid` (entries of /proc/<pid>/fd).
+pub fn fd_count(pid: u32) -> usize {
+    fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap_or_else(|e| panic!("cannot list /proc/{pid}/fd: {e}"))
+        .count()
+}
+
+/// True while process `pid` exists and is not a zombie.
+pub fn process_alive(pid: u32) -> bool {
+    match fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state follows the parenthesised command name: "Z" is a zombie, "X" dead.
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|s| s != "Z" && s != "X"),
+        Err(_) => false,
+    }
+}
+
+/// A keyless API whose `custom_middleware` is `mw` (driver `python`, pipe or gRPC by the
+/// gateway's coprocess options), in front of `target`.
+pub fn hooked_api(api_id: &str, listen_path: &str, target: &str, mw: Value) -> Value {
+    let mut api = keyless_api(api_id, listen_path, target);
+    let mut cm = json!({ "driver": "python" });
+    merge(&mut cm, mw);
+    api["custom_middleware"] = cm;
+    api
+}
+
+/// How long a restarted plugin child may take to report ready (a busy two-core machine).
+pub const PLUGIN_RESTART_WAIT: Duration = Duration::from_secs(60);
+
+/// Sends SIGKILL to a plugin child the gateway started for this test.
+pub fn kill_pid(pid: u32) {
+    let pid = libc::pid_t::try_from(pid).unwrap_or_else(|_| panic!("pid {pid} does not fit pid_t"));
+    // SAFETY: kill(2) has no memory-safety preconditions; the pid is the plugin child the gateway
+    // reported as running a moment ago (it is its parent and has not reaped it yet).
+    let rc = unsafe { libc::kill(pid, libc::SIGKILL) };
+    assert_eq!(rc, 0, "kill({pid}): {}", std::io::Error::last_os_error());
+}
+
 /// The outcome of one request under load.
 pub enum LoadOutcome {
     /// 200 carrying its own token both ways.
@@ -1764,7 +1891,13 @@ pub enum LoadOutcome {
 /// Sends one request through the scenario plugin's `Echo` hook (`/echo/`) with `token` on `c`
 /// and classifies the answer: its own token must come back both ways and reach the upstream.
 pub fn echo_request(c: &mut Client, token: &str) -> LoadOutcome {
-    let bytes = req("GET", &format!("/echo/{token}?t={token}"))
+    echo_request_via(c, "/echo/", token)
+}
+
+/// [`echo_request`] through the API on `listen_path` (whose pre hook must set `X-Plugin-Token`
+/// from `X-Echo-Token`, as scenarios.py's `Echo` and `WrongId` do).
+pub fn echo_request_via(c: &mut Client, listen_path: &str, token: &str) -> LoadOutcome {
+    let bytes = req("GET", &format!("{listen_path}{token}?t={token}"))
         .token(token)
         .to_bytes();
     if let Err(e) = c.try_send(&bytes) {

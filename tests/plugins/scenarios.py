@@ -161,6 +161,47 @@ def hook(obj):
         return {"request": {"return_overrides": {"response_code": 200, "response_body": "ok",
                                                   "headers": {"X-Evil": "a\r\nInjected: yes",
                                                               "X-Fine": "fine"}}}}
+    if name == "Reflect":
+        # Short-circuit: answers the client directly with its own token.
+        tok = headers.get("X-Echo-Token", "")
+        return {"request": {"return_overrides": {"response_code": 200, "response_body": tok,
+                                                  "headers": {"X-Reflected": tok}}}}
+    if name == "Hijack":
+        # Tries to take over routing, framing and the connection of the upstream request.
+        return {"request": {"raw_body": b"12345", "set_headers": {
+            "Host": "evil.example", "Content-Length": "0", "Transfer-Encoding": "chunked",
+            "Connection": "close, X-Legit", "Expect": "100-continue", "Upgrade": "h2c",
+            "Keep-Alive": "timeout=1", "Te": "trailers", "Trailer": "X-T",
+            "Proxy-Connection": "close", "X-Legit": "yes"}}}
+    if name == "HijackOverride":
+        return {"request": {"return_overrides": {"response_code": 200, "response_body": "short",
+                                                  "headers": {"Content-Length": "999",
+                                                              "Transfer-Encoding": "chunked",
+                                                              "Connection": "close",
+                                                              "Upgrade": "h2c",
+                                                              "Keep-Alive": "timeout=1",
+                                                              "X-Legit": "yes"}}}}
+    if name == "HijackResp":
+        return {"response": {"status_code": 200, "raw_body": b"resp",
+                             "headers": {"Content-Length": "999", "Transfer-Encoding": "chunked",
+                                         "Connection": "close", "Upgrade": "h2c",
+                                         "X-Legit": "yes"}}}
+    if name == "CloseStdout":
+        # Fault: the child closes its stdout but stays alive (and keeps reading stdin).
+        with out_lock:
+            os.close(1)
+        time.sleep(3600)
+        return {}
+    if name == "WrongId":
+        # Fault: first a reply to an id nobody asked for, then a second reply to an earlier
+        # call that was already answered, then the real reply (the gateway must route only
+        # that one, to this request).
+        tok = headers.get("X-Echo-Token", "")
+        wrong = {"request": {"set_headers": {"X-Plugin-Token": "wrong-" + tok}}}
+        send({"id": current.id + 1000000007, "object": wrong})
+        if answered:
+            send({"id": answered[-1], "object": wrong})
+        return {"request": {"set_headers": {"X-Plugin-Token": tok}}}
     if name == "Pid":
         return {"request": {"set_headers": {"X-Plugin-Pid": str(os.getpid())}}}
     return {}
@@ -177,10 +218,17 @@ def describe(obj):
     return obj
 
 
+answered = []
+current = threading.local()
+
+
 def handle(msg):
     try:
+        current.id = msg["id"]
         reply = hook(msg.get("object") or {})
         send({"id": msg["id"], "object": reply})
+        answered.append(msg["id"])
+        del answered[:-8]
     except Exception as e:  # noqa: BLE001 - a plugin error is reported, not fatal
         send({"id": msg["id"], "error": str(e)})
 
