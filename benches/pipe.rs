@@ -12,6 +12,8 @@ use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use mio::{Events, Poll, Token, Waker};
 use pipegate::coprocess::object::{HookType, MiniRequestObject, Object, PairMap};
 use pipegate::coprocess::pipe::{PipeClient, PipeOptions};
+use pipegate::middleware::chain::{request_object, RequestView};
+use pipegate::middleware::hook_object::RequestHookObject;
 use serde_bytes::ByteBuf;
 
 fn object() -> Object {
@@ -96,6 +98,57 @@ fn bench_pipe(c: &mut Criterion) {
         b.iter(|| {
             buf.clear();
             pipegate::coprocess::frame::encode_dispatch(&mut buf, 7, &obj, 1 << 26).unwrap()
+        })
+    });
+    // The gateway's two ways to build a request hook's frame from a parsed request: the owned
+    // object (gRPC, edited requests) and the borrowed one (first pipe hook of a request).
+    let raw = {
+        let mut r =
+            b"POST /demo/orders/12345?expand=true HTTP/1.1\r\nHost: api.example.com\r\n".to_vec();
+        if let Some(req) = &obj.request {
+            for (k, v) in req.headers.iter().flat_map(|h| h.iter()) {
+                if k != "Host" {
+                    r.extend_from_slice(format!("{k}: {v}\r\n").as_bytes());
+                }
+            }
+        }
+        r.extend_from_slice(b"\r\n");
+        r.extend_from_slice(&[b'a'; 1024]);
+        r
+    };
+    let mut head = pipegate::http::RequestHead::default();
+    pipegate::http::parse_request(&raw, &mut head, 64 << 10).expect("parses");
+    let view = RequestView {
+        buf: &raw,
+        head: &head,
+        edits: None,
+        body: &raw[head.head_len..],
+        scheme: "http",
+    };
+    let api_json = br#"{"api_id":"a","org_id":"o","proxy":{"listen_path":"/demo/","target_url":"http://127.0.0.1:1/"}}"#;
+    let (api, _) = pipegate::config::parse_api_file(std::path::Path::new("a.json"), api_json)
+        .expect("api")
+        .remove(0);
+    let def = pipegate::config::HookDef {
+        name: "DemoPre".into(),
+        path: String::new(),
+        require_session: false,
+        raw_body_only: false,
+        timeout: None,
+        fail_open: None,
+    };
+    g.bench_function("request_hook_frame_owned", |b| {
+        b.iter(|| {
+            buf.clear();
+            let o = request_object(HookType::Pre, &def, &api, &view, None, true);
+            pipegate::coprocess::frame::encode_dispatch(&mut buf, 7, &o, 1 << 26).unwrap()
+        })
+    });
+    g.bench_function("request_hook_frame_borrowed", |b| {
+        b.iter(|| {
+            buf.clear();
+            let o = RequestHookObject::new(HookType::Pre, &def, &api, &view, None, true).unwrap();
+            pipegate::coprocess::frame::encode_dispatch(&mut buf, 7, &o, 1 << 26).unwrap()
         })
     });
     let reply = rmp_serde::to_vec_named(&obj).expect("encode");

@@ -148,17 +148,23 @@ impl Serialize for MiniRequest<'_, '_> {
 struct Headers<'a, 'b>(&'b RequestView<'a>);
 
 impl Headers<'_, '_> {
-    /// Indexes of the headers sent: not `Host`, not a repeat of an earlier name.
-    fn kept(&self) -> impl Iterator<Item = usize> + '_ {
+    /// Bit i set: header i is sent (not `Host`, not a repeat of an earlier name). `new` declines
+    /// requests with more than 64 headers, so one word holds the set.
+    fn kept(&self) -> u64 {
         let buf = self.0.buf;
         let hs = &self.0.head.headers;
-        (0..hs.len()).filter(move |&i| {
-            let name = hs[i].name.of(buf);
-            !name.eq_ignore_ascii_case(b"host")
+        let mut kept = 0u64;
+        for (i, h) in hs.iter().enumerate().take(64) {
+            let name = h.name.of(buf);
+            if !name.eq_ignore_ascii_case(b"host")
                 && !hs[..i]
                     .iter()
-                    .any(|h| h.name.of(buf).eq_ignore_ascii_case(name))
-        })
+                    .any(|e| e.name.of(buf).eq_ignore_ascii_case(name))
+            {
+                kept |= 1 << i;
+            }
+        }
+        kept
     }
 }
 
@@ -166,11 +172,14 @@ impl Serialize for Headers<'_, '_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let view = self.0;
         let host = view.head.host.map(|h| h.str(view.buf));
-        let n = self.kept().count() + usize::from(host.is_some());
+        let kept = self.kept();
+        let n = kept.count_ones() as usize + usize::from(host.is_some());
         let mut m = s.serialize_map(Some(n))?;
         let mut name_buf = [0u8; MAX_NAME];
-        for i in self.kept() {
-            let h = &view.head.headers[i];
+        for (i, h) in view.head.headers.iter().enumerate().take(64) {
+            if kept & (1 << i) == 0 {
+                continue;
+            }
             let name = canonical_on_stack(h.name.of(view.buf), &mut name_buf);
             let value: Cow<'_, str> = String::from_utf8_lossy(h.value.of(view.buf));
             m.serialize_entry(&*name, &*value)?;
