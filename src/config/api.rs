@@ -815,10 +815,7 @@ pub(crate) fn api_from_value(
     let strip_listen_path = issues.take(proxy.bool("strip_listen_path", false), false);
     let preserve_host_header = issues.take(proxy.bool("preserve_host_header", false), false);
     let disable_strip_slash = issues.take(proxy.bool("disable_strip_slash", false), false);
-    let transport = issues.take(
-        proxy.obj("transport"),
-        Obj::empty(proxy.field("transport")),
-    );
+    let transport = issues.take(proxy.obj("transport"), Obj::empty(proxy.field("transport")));
     let ssl_insecure_skip_verify =
         issues.take(transport.bool("ssl_insecure_skip_verify", false), false);
     let ssl_min_version = issues.take(transport.u64("ssl_min_version", 0), 0);

@@ -584,9 +584,10 @@ fn server_tls(
     base: &Path,
     issues: &mut Issues,
 ) -> Option<Arc<rustls::ServerConfig>> {
-    let before = issues.list.len();
     let use_ssl = issues.take(http.bool("use_ssl", false), false);
     let min = tls_version(http, "min_version", issues);
+    // The files are checked even when min_version is wrong, so that every problem shows at once.
+    let before = issues.list.len();
     let items = issues.take(http.array("certificates"), &[]);
     let mut entries = Vec::with_capacity(items.len());
     for (i, item) in items.iter().enumerate() {

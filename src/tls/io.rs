@@ -7,6 +7,7 @@
 //! the alert rustls queued for the peer is sent on a best-effort basis first.
 
 use std::io::{self, ErrorKind, Read, Write};
+use std::ops::DerefMut;
 
 use mio::net::TcpStream;
 use rustls::ConnectionCommon;
@@ -19,7 +20,7 @@ use rustls::ConnectionCommon;
 /// once every decrypted byte has been handed out: on the peer's `close_notify`, or on a TCP close
 /// without one (which HTTP/1.1 framing makes harmless: a truncated body is still detected).
 pub fn fill<D>(
-    tls: &mut ConnectionCommon<D>,
+    tls: &mut impl DerefMut<Target = ConnectionCommon<D>>,
     sock: &mut TcpStream,
     buf: &mut [u8],
     len: &mut usize,
@@ -73,7 +74,7 @@ pub fn fill<D>(
 /// rustls holds at most its buffer limit of ciphertext; beyond it the plaintext stays in `buf`,
 /// so the caller's backpressure on `buf` keeps working.
 pub fn flush<D>(
-    tls: &mut ConnectionCommon<D>,
+    tls: &mut impl DerefMut<Target = ConnectionCommon<D>>,
     sock: &mut TcpStream,
     buf: &mut Vec<u8>,
     pos: &mut usize,

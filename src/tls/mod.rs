@@ -47,7 +47,8 @@ impl MinVersion {
 
     /// The protocol versions rustls may negotiate.
     pub fn versions(self) -> &'static [&'static SupportedProtocolVersion] {
-        static BOTH: &[&SupportedProtocolVersion] = &[&rustls::version::TLS13, &rustls::version::TLS12];
+        static BOTH: &[&SupportedProtocolVersion] =
+            &[&rustls::version::TLS13, &rustls::version::TLS12];
         static ONLY13: &[&SupportedProtocolVersion] = &[&rustls::version::TLS13];
         match self {
             MinVersion::Tls12 => BOTH,

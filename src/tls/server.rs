@@ -136,7 +136,10 @@ impl SniResolver {
         if self.default.is_none() {
             self.default = Some(Arc::clone(&key));
         }
-        let name = domain_name.trim().trim_end_matches('.').to_ascii_lowercase();
+        let name = domain_name
+            .trim()
+            .trim_end_matches('.')
+            .to_ascii_lowercase();
         if name.is_empty() {
             return;
         }
