@@ -515,3 +515,21 @@ fn check_and_start_report_bad_tls_settings_with_file_field_and_reason() {
     );
     assert!(stdout.contains("TLS on"), "{stdout}");
 }
+
+#[test]
+fn idle_tls_connections_are_closed_with_close_notify() {
+    let env = TlsEnv::start("tls-idle", json!({}), json!({"keepalive_timeout_ms": 300}));
+    let mut c = env.connect("alpha.test");
+    assert_eq!(c.request(&get("/echo/once")).status, 200);
+    // The keep-alive timeout closes the connection; rustls reports a close without close_notify
+    // as an error ("peer closed connection without sending TLS close_notify"), an orderly one as
+    // a plain end of stream.
+    let err = c
+        .try_read_response(false)
+        .err()
+        .unwrap_or_else(|| panic!("a response arrived on an idle connection"));
+    assert!(
+        err.to_string().contains("closed before a response"),
+        "not an orderly TLS close: {err}"
+    );
+}

@@ -618,6 +618,17 @@ fn server_tls(
             key_file,
         });
     }
+    for key in ["ssl_certificates", "ssl_ciphers"] {
+        if http
+            .get(key)
+            .is_some_and(|v| v.as_array().is_none_or(|a| !a.is_empty()))
+        {
+            tracing::warn!(
+                field = %http.field(key),
+                "not supported by pipegate and ignored: certificates come from http_server_options.certificates (PEM files), cipher suites are rustls' defaults"
+            );
+        }
+    }
     if !use_ssl || issues.list.len() > before {
         return None;
     }

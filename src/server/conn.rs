@@ -228,6 +228,18 @@ impl Conn {
         }
     }
 
+    /// Closing an idle TLS connection (keep-alive timeout, shutdown): one non-blocking attempt to
+    /// send `close_notify`, so the client's TLS stack sees an orderly close rather than a
+    /// truncation. Never used after a failure, where an orderly close would hide a cut response.
+    pub fn close_notify_best_effort(&mut self) {
+        if let Some(t) = self.tls.as_mut() {
+            if !t.is_handshaking() {
+                t.send_close_notify();
+                let _ = t.write_tls(&mut self.sock);
+            }
+        }
+    }
+
     /// Before closing a TLS connection: queues `close_notify` so that the client can tell a
     /// complete response from a cut one. True when something was queued and must be flushed
     /// first; false on plain connections and once it has been sent.

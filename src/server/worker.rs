@@ -5,6 +5,9 @@
 //! pump the request body, write upstream, read upstream, pump the response, write the client,
 //! finish) until none makes progress. Sockets are edge-triggered: a step that stops early (buffer
 //! full) keeps the readiness flag and resumes when the buffer drains, without waiting for a new edge.
+//!
+//! TLS connections (client side with `use_ssl`, upstream side for https targets) take the same
+//! steps; only the socket fill/flush goes through rustls ([`crate::tls::io`]).
 
 use std::io::{self, ErrorKind, Read, Write};
 use std::net::SocketAddr;
@@ -334,6 +337,7 @@ impl Worker {
             .map(|(i, _)| i)
             .collect();
         for ci in idle {
+            self.conns[ci].close_notify_best_effort();
             self.close_conn(ci);
         }
         for (_, c) in self.conns.iter_mut() {
@@ -405,7 +409,11 @@ impl Worker {
         let c = &mut self.conns[ci];
         c.deadline = None;
         match c.deadline_kind {
-            Deadline::Idle | Deadline::Write => self.close_conn(ci),
+            Deadline::Idle => {
+                c.close_notify_best_effort();
+                self.close_conn(ci);
+            }
+            Deadline::Write => self.close_conn(ci),
             Deadline::Head => {
                 if c.rlen > 0 {
                     self.local_error(ci, 408, "Request timeout", true);

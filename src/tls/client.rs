@@ -77,7 +77,7 @@ impl ClientConfigs {
                 .with_no_client_auth()
         } else {
             builder
-                .with_root_certificates(self.roots()?)
+                .with_root_certificates(self.roots())
                 .with_no_client_auth()
         };
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
@@ -86,9 +86,9 @@ impl ClientConfigs {
         Ok(config)
     }
 
-    fn roots(&mut self) -> Result<Arc<RootCertStore>, String> {
+    fn roots(&mut self) -> Arc<RootCertStore> {
         if let Some(r) = &self.roots {
-            return Ok(Arc::clone(r));
+            return Arc::clone(r);
         }
         let found = rustls_native_certs::load_native_certs();
         for e in &found.errors {
@@ -100,11 +100,13 @@ impl ClientConfigs {
             tracing::debug!(added, ignored, "unparsable root certificates skipped");
         }
         if store.is_empty() {
-            return Err("no trusted root certificates were found to verify the https upstream (system store, or SSL_CERT_FILE / SSL_CERT_DIR when set); install the CA certificates, point SSL_CERT_FILE at a PEM bundle, or set proxy.transport.ssl_insecure_skip_verify".to_string());
+            // As Go: not a load error, but every verified https upstream will fail (502, logged
+            // as UnknownIssuer) until roots are installed.
+            tracing::warn!("no trusted root certificates found (system store, or SSL_CERT_FILE / SSL_CERT_DIR when set): https upstreams cannot be verified; install the CA certificates, point SSL_CERT_FILE at a PEM bundle, or set proxy.transport.ssl_insecure_skip_verify");
         }
         let store = Arc::new(store);
         self.roots = Some(Arc::clone(&store));
-        Ok(store)
+        store
     }
 }
 
