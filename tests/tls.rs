@@ -142,6 +142,12 @@ fn requests_are_proxied_with_keep_alive_and_large_bodies() {
         assert!(!r.says_close(), "keep-alive expected: {r:?}");
         assert_eq!(r.echoed().path, format!("/keep/{i}"));
     }
+    // Two pipelined requests in one write: the second waits decrypted in the gateway's buffers.
+    let mut two = get("/echo/pipe/1");
+    two.extend(get("/echo/pipe/2"));
+    c.send(&two);
+    assert_eq!(c.read_response().echoed().path, "/pipe/1");
+    assert_eq!(c.read_response().echoed().path, "/pipe/2");
     // A large request body, streamed through TLS to the upstream.
     let body = pattern(3 * 1024 * 1024 + 17);
     let r = c.request(&req("POST", "/echo/upload").body(body.clone()).to_bytes());
@@ -296,10 +302,10 @@ fn sighup_with_replaced_certificate_files_serves_new_connections_the_new_certifi
     let line = env
         .gw
         .log()
-        .wait_for(mark, "reload failed", IO_TIMEOUT)
+        .wait_for(mark, "certificates[1].key_file", IO_TIMEOUT)
         .unwrap_or_else(|| panic!("no failed reload logged:\n{}", env.gw.log().text()));
     assert!(
-        env.gw.log().text().contains("beta.key"),
+        line.contains("reload failed") && line.contains("beta.key"),
         "the failed reload does not name the key file: {line}"
     );
     let b = env.connect("x.beta.test");
@@ -428,16 +434,36 @@ fn https_upstreams_are_verified_pooled_and_skip_verify_is_honoured() {
 #[test]
 fn upstream_ssl_min_version_is_enforced() {
     let sandbox = Sandbox::new("tls-upstream-min");
-    let ups = https_upstreams(&sandbox);
-    sandbox.write_conf(&conf_with(json!({"proxy_ssl_min_version": 772})));
-    sandbox.write_api(
-        "good",
-        &keyless_api("good", "/good/", &format!("{}/", ups.trusted.url_by_name())),
+    let pki = TestPki::new(&sandbox.dir().join("pki"), "upstream-ca");
+    let cert = pki.issue("upstream", &["DNS:localhost", "IP:127.0.0.1"], false);
+    let old = TlsUpstream::start_with(&cert, &["tls12"]);
+    let target = format!("https://localhost:{}/", old.addr().port());
+    sandbox.write_conf(&base_conf());
+    sandbox.write_api("v12", &keyless_api("v12", "/v12/", &target));
+    let mut v13 = keyless_api("v13", "/v13/", &target);
+    merge(
+        &mut v13,
+        json!({"proxy": {"transport": {"ssl_min_version": 772}}}),
     );
-    let gw = start_with_ca(&sandbox, &ups.pki.ca_pem());
-    let r = gw.get("/good/x");
+    sandbox.write_api("v13", &v13);
+    let gw = start_with_ca(&sandbox, &pki.ca_pem());
+
+    let r = gw.get("/v12/x");
     assert_eq!(r.status, 200, "{r:?}");
-    assert_eq!(r.json()["tls_version"], "TLSv1.3");
+    assert_eq!(r.json()["tls_version"], "TLSv1.2");
+    // The API asks for TLS 1.3; the upstream cannot: 502 and the reason in the log.
+    let mark = gw.log().mark();
+    gw.get("/v13/x").assert_tyk_error(502);
+    gw.log()
+        .wait_for(mark, "upstream TLS failed", IO_TIMEOUT)
+        .unwrap_or_else(|| panic!("no log line for the refused version:\n{}", gw.log().text()));
+    drop(gw);
+
+    // tyk.conf's proxy_ssl_min_version does the same for every API.
+    sandbox.remove_api("v13");
+    sandbox.write_conf(&conf_with(json!({"proxy_ssl_min_version": 772})));
+    let gw = start_with_ca(&sandbox, &pki.ca_pem());
+    gw.get("/v12/x").assert_tyk_error(502);
 }
 
 #[test]

@@ -2220,13 +2220,19 @@ pub struct TlsUpstream {
 impl TlsUpstream {
     /// Starts it with a certificate and key.
     pub fn start(cert: &CertFiles) -> TlsUpstream {
+        TlsUpstream::start_with(cert, &[])
+    }
+
+    /// Starts it with extra arguments (`tls12`: at most TLS 1.2).
+    pub fn start_with(cert: &CertFiles, args: &[&str]) -> TlsUpstream {
         let mut cmd = Command::new("python3");
         cmd.arg(format!(
             "{}/tests/fixtures/tls_echo_upstream.py",
             env!("CARGO_MANIFEST_DIR")
         ))
         .arg(&cert.cert)
-        .arg(&cert.key);
+        .arg(&cert.key)
+        .args(args);
         let (mut child, stdout, stderr) = spawn_logged(cmd, "tls-upstream");
         let addr = wait_for_addr(
             &mut child,
