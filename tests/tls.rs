@@ -507,7 +507,7 @@ fn check_and_start_report_bad_tls_settings_with_file_field_and_reason() {
     };
     assert!(err.contains("certificates[0].cert_file"), "{err}");
 
-    // tyk.conf fixed; an API asks for TLS 1.1 to its upstream.
+    // tyk.conf fixed; an API names a TLS version that does not exist.
     sandbox.write_conf(&conf_with(json!({
         "http_server_options": {
             "use_ssl": true,
@@ -518,14 +518,14 @@ fn check_and_start_report_bad_tls_settings_with_file_field_and_reason() {
     let mut api = keyless_api("x", "/x/", "https://127.0.0.1:1/");
     merge(
         &mut api,
-        json!({"proxy": {"transport": {"ssl_min_version": 770}}}),
+        json!({"proxy": {"transport": {"ssl_min_version": 42}}}),
     );
     let api_file = sandbox.write_api("x", &api);
     let out = run_check(&sandbox.conf_path());
     assert!(!out.status.success());
     let text = String::from_utf8_lossy(&out.stderr).into_owned();
     let want = format!(
-        "{}: proxy.transport.ssl_min_version: 770 (TLS 1.1) is not supported",
+        "{}: proxy.transport.ssl_min_version: 42 is not a TLS version",
         api_file.display()
     );
     assert!(text.contains(&want), "check output lacks {want:?}:\n{text}");

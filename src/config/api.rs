@@ -44,8 +44,9 @@ pub struct ApiDefinition {
     /// `proxy.transport.ssl_insecure_skip_verify`: do not verify an https upstream's certificate
     /// (tyk.conf's `proxy_ssl_insecure_skip_verify` turns it on for every API).
     pub ssl_insecure_skip_verify: bool,
-    /// `proxy.transport.ssl_min_version` as written (0 = tyk.conf's `proxy_ssl_min_version`).
-    pub ssl_min_version: u64,
+    /// `proxy.transport.ssl_min_version`; `None` (absent or 0) takes tyk.conf's
+    /// `proxy_ssl_min_version`.
+    pub ssl_min_version: Option<crate::tls::MinVersion>,
     /// How to speak TLS to an https target (built by [`load_apis`] with the gateway's defaults);
     /// `None` for http targets.
     pub upstream_tls: Option<Arc<crate::tls::client::UpstreamTls>>,
@@ -818,10 +819,7 @@ pub(crate) fn api_from_value(
     let transport = issues.take(proxy.obj("transport"), Obj::empty(proxy.field("transport")));
     let ssl_insecure_skip_verify =
         issues.take(transport.bool("ssl_insecure_skip_verify", false), false);
-    let ssl_min_version = issues.take(transport.u64("ssl_min_version", 0), 0);
-    if let Err(reason) = crate::tls::MinVersion::from_tyk(ssl_min_version) {
-        issues.push(transport.field("ssl_min_version"), reason);
-    }
+    let ssl_min_version = super::gateway::tls_version(&transport, "ssl_min_version", true, issues);
 
     // plugins
     let cm = issues.take(
@@ -1204,10 +1202,7 @@ pub fn load_apis(gw: &GatewayConfig) -> Result<Vec<ApiDefinition>, Vec<ConfigErr
     let mut tls_configs = crate::tls::client::ClientConfigs::default();
     for (api, prefix) in apis.iter_mut().filter(|(a, _)| a.target.https) {
         let insecure = api.ssl_insecure_skip_verify || gw.proxy_ssl_insecure_skip_verify;
-        let min = match api.ssl_min_version {
-            0 => gw.proxy_ssl_min_version,
-            v => crate::tls::MinVersion::from_tyk(v).unwrap_or_default(),
-        };
+        let min = api.ssl_min_version.unwrap_or(gw.proxy_ssl_min_version);
         match tls_configs.upstream(&api.target.url, &api.target.host, insecure, min) {
             Ok(t) => api.upstream_tls = Some(Arc::new(t)),
             Err(reason) => {

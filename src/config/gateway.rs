@@ -447,7 +447,8 @@ fn gateway_from_value(
     let tls = server_tls(&http, &base, issues);
     let proxy_ssl_insecure_skip_verify =
         issues.take(top.bool("proxy_ssl_insecure_skip_verify", false), false);
-    let proxy_ssl_min_version = tls_version(&top, "proxy_ssl_min_version", issues);
+    let proxy_ssl_min_version =
+        tls_version(&top, "proxy_ssl_min_version", true, issues).unwrap_or_default();
 
     // pipegate's own limits.
     let max_header_bytes = issues.take(pg.u64("max_header_bytes", 32768), 32768);
@@ -565,14 +566,37 @@ fn gateway_from_value(
     })
 }
 
-/// Reads a Tyk TLS version number (`uint16`, 0 or absent = TLS 1.2).
-fn tls_version(obj: &Obj<'_>, key: &str, issues: &mut Issues) -> MinVersion {
+/// Reads a Tyk TLS version number (`uint16`); `None` when absent or 0 (the default applies).
+/// `upstream` accepts TLS 1.0 and 1.1 as TLS 1.2 with a warning (see
+/// [`MinVersion::from_tyk_upstream`]).
+pub(crate) fn tls_version(
+    obj: &Obj<'_>,
+    key: &str,
+    upstream: bool,
+    issues: &mut Issues,
+) -> Option<MinVersion> {
     let v = issues.take(obj.u64(key, 0), 0);
-    match MinVersion::from_tyk(v) {
-        Ok(m) => m,
+    if v == 0 {
+        return None;
+    }
+    let parsed = if upstream {
+        MinVersion::from_tyk_upstream(v)
+    } else {
+        MinVersion::from_tyk(v).map(|m| (m, false))
+    };
+    match parsed {
+        Ok((m, raised)) => {
+            if raised {
+                tracing::warn!(
+                    field = %obj.field(key),
+                    "{v} asks for TLS 1.0/1.1, which pipegate (rustls) does not speak: upstream connections use TLS 1.2 or 1.3"
+                );
+            }
+            Some(m)
+        }
         Err(reason) => {
             issues.push(obj.field(key), reason);
-            MinVersion::default()
+            None
         }
     }
 }
@@ -585,7 +609,12 @@ fn server_tls(
     issues: &mut Issues,
 ) -> Option<Arc<rustls::ServerConfig>> {
     let use_ssl = issues.take(http.bool("use_ssl", false), false);
-    let min = tls_version(http, "min_version", issues);
+    // Checked only when TLS is on: a Tyk file may carry it unused.
+    let min = if use_ssl {
+        tls_version(http, "min_version", false, issues).unwrap_or_default()
+    } else {
+        MinVersion::default()
+    };
     // The files are checked even when min_version is wrong, so that every problem shows at once.
     let before = issues.list.len();
     let items = issues.take(http.array("certificates"), &[]);

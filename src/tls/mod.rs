@@ -45,6 +45,16 @@ impl MinVersion {
         }
     }
 
+    /// Reads Tyk's value for connections to upstreams. There a minimum of TLS 1.0 or 1.1 still
+    /// allows TLS 1.2, which is what Go would negotiate with any current server, so 769/770 mean
+    /// TLS 1.2 (the caller warns) instead of failing a configuration that works in Tyk.
+    pub fn from_tyk_upstream(v: u64) -> Result<(MinVersion, bool), String> {
+        match v {
+            769 | 770 => Ok((MinVersion::Tls12, true)),
+            _ => MinVersion::from_tyk(v).map(|m| (m, false)),
+        }
+    }
+
     /// The protocol versions rustls may negotiate.
     pub fn versions(self) -> &'static [&'static SupportedProtocolVersion] {
         static BOTH: &[&SupportedProtocolVersion] =

@@ -226,6 +226,16 @@ mod tests {
         assert!(e.contains("TLS 1.0") && e.contains("771"), "{e}");
         assert!(MinVersion::from_tyk(770).unwrap_err().contains("TLS 1.1"));
         assert!(MinVersion::from_tyk(12).is_err());
+        // Towards upstreams TLS 1.0/1.1 minimums still allow TLS 1.2: accepted, flagged.
+        assert_eq!(
+            MinVersion::from_tyk_upstream(769),
+            Ok((MinVersion::Tls12, true))
+        );
+        assert_eq!(
+            MinVersion::from_tyk_upstream(772),
+            Ok((MinVersion::Tls13, false))
+        );
+        assert!(MinVersion::from_tyk_upstream(12).is_err());
     }
 
     #[test]
