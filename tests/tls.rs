@@ -479,6 +479,7 @@ fn check_and_start_report_bad_tls_settings_with_file_field_and_reason() {
             "min_version": 769,
             "certificates": [
                 {"domain_name": "missing.test", "cert_file": "certs/missing.pem", "key_file": "certs/missing.key"},
+                {"domain_name": "nokey.test", "cert_file": a.cert},
                 {"domain_name": "a.test", "cert_file": a.cert, "key_file": b.key},
                 {"domain_name": "junk.test", "cert_file": junk, "key_file": a.key}
             ]
@@ -494,9 +495,10 @@ fn check_and_start_report_bad_tls_settings_with_file_field_and_reason() {
         format!("{conf}: http_server_options.min_version: 769 (TLS 1.0) is not supported"),
         format!("{conf}: http_server_options.certificates[0].cert_file: cannot read"),
         "missing.pem".to_string(),
-        format!("{conf}: http_server_options.certificates[1].key_file: "),
-        "b.key".to_string(),
-        format!("{conf}: http_server_options.certificates[2].cert_file: "),
+        format!("{conf}: http_server_options.certificates[1].key_file: is missing"),
+        format!("{conf}: http_server_options.certificates[2].key_file: the private key in "),
+        "b.key does not match the certificate".to_string(),
+        format!("{conf}: http_server_options.certificates[3].cert_file: "),
         "junk.pem holds no certificate".to_string(),
     ] {
         assert!(text.contains(&want), "check output lacks {want:?}:\n{text}");

@@ -636,16 +636,21 @@ fn server_tls(
                     obj.field(key),
                     "is missing; give the path of a PEM file (relative paths are resolved against tyk.conf's directory)",
                 );
+                return None;
             }
-            resolve(base, &p)
+            Some(resolve(base, &p))
         };
-        let cert_file = file("cert_file");
-        let key_file = file("key_file");
-        entries.push(CertificateEntry {
-            domain_name,
-            cert_file,
-            key_file,
-        });
+        let (cert_file, key_file) = (file("cert_file"), file("key_file"));
+        if let (Some(cert_file), Some(key_file)) = (cert_file, key_file) {
+            entries.push((
+                i,
+                CertificateEntry {
+                    domain_name,
+                    cert_file,
+                    key_file,
+                },
+            ));
+        }
     }
     for key in ["ssl_certificates", "ssl_ciphers"] {
         if http
@@ -658,17 +663,42 @@ fn server_tls(
             );
         }
     }
-    if !use_ssl || issues.list.len() > before {
+    if !use_ssl {
+        return None;
+    }
+    // The complete entries' files are checked even when others are incomplete, so that every
+    // problem shows at once; the configuration is used only when nothing is wrong.
+    let complete = entries.len() == items.len();
+    let (positions, entries): (Vec<usize>, Vec<CertificateEntry>) = entries.into_iter().unzip();
+    if entries.is_empty() && !complete {
         return None;
     }
     match crate::tls::server::build(&entries, min) {
-        Ok(cfg) => Some(cfg),
+        Ok(cfg) if complete && issues.list.len() == before => Some(cfg),
+        Ok(_) => None,
         Err(errs) => {
             for (field, reason) in errs {
-                issues.push(field, reason);
+                // Renumber to the entry's place in the file.
+                issues.push(renumber(&field, &positions), reason);
             }
             None
         }
+    }
+}
+
+/// `http_server_options.certificates[i]...` with `i` (an index among the complete entries)
+/// replaced by that entry's index in the file.
+fn renumber(field: &str, positions: &[usize]) -> String {
+    let prefix = "http_server_options.certificates[";
+    let Some(rest) = field.strip_prefix(prefix) else {
+        return field.to_string();
+    };
+    let Some((num, tail)) = rest.split_once(']') else {
+        return field.to_string();
+    };
+    match num.parse::<usize>().ok().and_then(|i| positions.get(i)) {
+        Some(p) => format!("{prefix}{p}]{tail}"),
+        None => field.to_string(),
     }
 }
 

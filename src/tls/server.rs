@@ -80,10 +80,14 @@ fn load_pair(
     let chain = read_chain(&entry.cert_file).map_err(|r| ("cert_file", r))?;
     let key = read_key(&entry.key_file).map_err(|r| ("key_file", r))?;
     CertifiedKey::from_der(chain, key, provider).map_err(|e| {
+        let why = match e {
+            rustls::Error::InconsistentKeys(_) => "does not match the certificate".to_string(),
+            other => format!("cannot be used ({other})"),
+        };
         (
             "key_file",
             format!(
-                "{}: {e}; it must be the private key of the certificate in {}",
+                "the private key in {} {why}; it must be the key of the certificate in {}",
                 entry.key_file.display(),
                 entry.cert_file.display()
             ),
