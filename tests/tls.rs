@@ -133,6 +133,42 @@ fn sni_selects_the_certificate_and_the_first_is_the_default() {
 }
 
 #[test]
+fn plugins_see_https_as_the_request_scheme() {
+    let sandbox = Sandbox::new("tls-plugin");
+    let pki = TestPki::new(&sandbox.dir().join("certs"), "test-ca");
+    let cert = pki.issue("alpha", &["DNS:alpha.test"], false);
+    let echo = EchoUpstream::start();
+    sandbox.write_conf(&conf_with(json!({
+        "http_server_options": {
+            "use_ssl": true,
+            "certificates": [{"domain_name": "alpha.test", "cert_file": cert.cert, "key_file": cert.key}]
+        },
+        "coprocess_options": {
+            "enable_coprocess": true,
+            "pipe_command": ["python3", plugin_script("scenarios.py")],
+            "hook_timeout_ms": 30000
+        }
+    })));
+    let mut api = keyless_api("inspect", "/inspect/", &format!("{}/", echo.url()));
+    api["custom_middleware"] = json!({"driver": "python", "pre": [{"name": "Inspect"}]});
+    sandbox.write_api("inspect", &api);
+    let gw = Gateway::start(&sandbox);
+    let mut c = Client::connect_tls(
+        gw.addr(),
+        tls_client_config(Some(&pki.ca_pem()), &[]),
+        "alpha.test",
+    )
+    .unwrap_or_else(|e| panic!("TLS handshake: {e}"));
+    let r = c.request(&get("/inspect/x"));
+    assert_eq!(r.status, 200, "{r:?}");
+    let e = r.echoed();
+    let seen: Value = serde_json::from_str(e.header("X-Inspect").unwrap_or_default())
+        .unwrap_or_else(|err| panic!("X-Inspect is not JSON ({err}): {e:?}"));
+    assert_eq!(seen["request"]["scheme"], "https", "{seen}");
+    assert_eq!(e.header("x-forwarded-proto"), Some("https"));
+}
+
+#[test]
 fn requests_are_proxied_with_keep_alive_and_large_bodies() {
     let env = TlsEnv::start("tls-proxy", json!({}), json!({}));
     let mut c = env.connect("alpha.test");
