@@ -1465,7 +1465,7 @@ impl Worker {
             head: &c.head,
             edits: c.req.edits.as_deref(),
             body: &c.req.body,
-            scheme: "http",
+            scheme: c.scheme(),
         };
         let session = c.req.session.as_deref();
         let Some(obj) = RequestHookObject::new(hook, def, api, &view, session, cp.send_body) else {
