@@ -3,6 +3,8 @@
 //! A request's life: the [`server`] event loop accepts and reads it, [`http`] parses and validates
 //! the head, [`config`] routes it to an API definition, the [`middleware`] chain runs the API's plugin
 //! hooks through `coprocess`, and [`proxy`] forwards it to the upstream and streams the answer back.
+//! [`tls`] terminates TLS on the same event loop when `use_ssl` is on, and speaks TLS to https
+//! upstreams.
 
 pub mod admin;
 pub mod bundle;
@@ -15,3 +17,4 @@ pub mod plugin_bench;
 pub mod proxy;
 pub mod server;
 pub mod store;
+pub mod tls;

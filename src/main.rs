@@ -295,6 +295,9 @@ fn check(conf: &Path) -> ExitCode {
                 if snap.apis.len() == 1 { "" } else { "s" },
                 snap.gateway.app_path.display()
             );
+            if snap.gateway.tls.is_some() {
+                println!("  TLS on (http_server_options.use_ssl): certificates loaded and matched with their keys");
+            }
             for api in &snap.apis {
                 println!(
                     "  {} {:?} {} -> {}",

@@ -13,6 +13,7 @@
 //!   warning naming them, because the definition still has to load for a Tyk user to switch.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use md5::{Digest, Md5};
@@ -40,6 +41,15 @@ pub struct ApiDefinition {
     pub listen_path: String,
     /// Parsed `proxy.target_url`.
     pub target: UpstreamTarget,
+    /// `proxy.transport.ssl_insecure_skip_verify`: do not verify an https upstream's certificate
+    /// (tyk.conf's `proxy_ssl_insecure_skip_verify` turns it on for every API).
+    pub ssl_insecure_skip_verify: bool,
+    /// `proxy.transport.ssl_min_version`; `None` (absent or 0) takes tyk.conf's
+    /// `proxy_ssl_min_version`.
+    pub ssl_min_version: Option<crate::tls::MinVersion>,
+    /// How to speak TLS to an https target (built by [`load_apis`] with the gateway's defaults);
+    /// `None` for http targets.
+    pub upstream_tls: Option<Arc<crate::tls::client::UpstreamTls>>,
     /// Remove `listen_path` from the path sent upstream.
     pub strip_listen_path: bool,
     /// Send the client's Host header upstream instead of the target's.
@@ -806,6 +816,10 @@ pub(crate) fn api_from_value(
     let strip_listen_path = issues.take(proxy.bool("strip_listen_path", false), false);
     let preserve_host_header = issues.take(proxy.bool("preserve_host_header", false), false);
     let disable_strip_slash = issues.take(proxy.bool("disable_strip_slash", false), false);
+    let transport = issues.take(proxy.obj("transport"), Obj::empty(proxy.field("transport")));
+    let ssl_insecure_skip_verify =
+        issues.take(transport.bool("ssl_insecure_skip_verify", false), false);
+    let ssl_min_version = super::gateway::tls_version(&transport, "ssl_min_version", true, issues);
 
     // plugins
     let cm = issues.take(
@@ -919,6 +933,9 @@ pub(crate) fn api_from_value(
         use_keyless,
         listen_path,
         target,
+        ssl_insecure_skip_verify,
+        ssl_min_version,
+        upstream_tls: None,
         strip_listen_path,
         preserve_host_header,
         disable_strip_slash,
@@ -1179,6 +1196,22 @@ pub fn load_apis(gw: &GatewayConfig) -> Result<Vec<ApiDefinition>, Vec<ConfigErr
                     describe_prefix(first_prefix)
                 ),
             ));
+        }
+    }
+
+    let mut tls_configs = crate::tls::client::ClientConfigs::default();
+    for (api, prefix) in apis.iter_mut().filter(|(a, _)| a.target.https) {
+        let insecure = api.ssl_insecure_skip_verify || gw.proxy_ssl_insecure_skip_verify;
+        let min = api.ssl_min_version.unwrap_or(gw.proxy_ssl_min_version);
+        match tls_configs.upstream(&api.target.url, &api.target.host, insecure, min) {
+            Ok(t) => api.upstream_tls = Some(Arc::new(t)),
+            Err(reason) => {
+                errors.push(ConfigError::new(
+                    &api.source,
+                    join(prefix, "proxy.target_url"),
+                    reason,
+                ));
+            }
         }
     }
 

@@ -21,17 +21,21 @@
 //! their default when absent or 0.
 //!
 //! Differences from Tyk worth knowing:
-//! - `http_server_options.use_ssl: true` is rejected: pipegate does not terminate TLS, and serving
-//!   plain HTTP where clients expect TLS would only fail later and less clearly.
+//! - `http_server_options.min_version` 769/770 (TLS 1.0/1.1) is refused: rustls implements TLS 1.2
+//!   and 1.3 only. Certificates come from `http_server_options.certificates` (PEM files); Tyk's
+//!   certificate store (`ssl_certificates` IDs) is not supported.
 //! - Keys are matched exactly; Go's decoder also accepts other letter cases.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::Value;
 
 use super::error::ConfigError;
 use super::fields::{describe, Issues, Obj};
+use crate::tls::server::CertificateEntry;
+use crate::tls::MinVersion;
 
 /// Tyk's default gateway API secret, used when tyk.conf sets none.
 pub const DEFAULT_SECRET: &str = "352d20ee67be67f6340b4c0605b044b7";
@@ -58,6 +62,14 @@ pub struct GatewayConfig {
     pub enable_bundle_downloader: bool,
     /// Base URL bundles are fetched from (http, https or file).
     pub bundle_base_url: String,
+    /// TLS termination (`http_server_options.use_ssl`): certificates, SNI and versions, loaded
+    /// and checked with the rest of the file. `None` serves plain HTTP.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// Tyk's `proxy_ssl_insecure_skip_verify`: https upstreams' certificates are not verified.
+    pub proxy_ssl_insecure_skip_verify: bool,
+    /// Tyk's `proxy_ssl_min_version` for https upstreams (an API's
+    /// `proxy.transport.ssl_min_version` overrides it).
+    pub proxy_ssl_min_version: MinVersion,
     /// Skip TLS certificate checks when fetching bundles over https.
     pub bundle_insecure_skip_verify: bool,
     /// Tyk's `skip_verify_existing_plugin_bundle`: trust bundles already on disk without re-checking.
@@ -192,6 +204,8 @@ const KNOWN_TOP: &[&str] = &[
     "close_connections",
     "proxy_default_timeout",
     "max_idle_connections_per_host",
+    "proxy_ssl_insecure_skip_verify",
+    "proxy_ssl_min_version",
     "http_server_options",
     "storage",
     "coprocess_options",
@@ -203,6 +217,8 @@ const KNOWN_HTTP_SERVER_OPTIONS: &[&str] = &[
     "write_timeout",
     "max_request_body_size",
     "use_ssl",
+    "certificates",
+    "min_version",
 ];
 
 const KNOWN_COPROCESS: &[&str] = &[
@@ -428,12 +444,11 @@ fn gateway_from_value(
         issues,
     );
     let tyk_body_max = issues.take(http.u64("max_request_body_size", 0), 0);
-    if issues.take(http.bool("use_ssl", false), false) {
-        issues.push(
-            "http_server_options.use_ssl",
-            "pipegate does not terminate TLS; put a TLS terminator in front of it and set use_ssl to false",
-        );
-    }
+    let tls = server_tls(&http, &base, issues);
+    let proxy_ssl_insecure_skip_verify =
+        issues.take(top.bool("proxy_ssl_insecure_skip_verify", false), false);
+    let proxy_ssl_min_version =
+        tls_version(&top, "proxy_ssl_min_version", true, issues).unwrap_or_default();
 
     // pipegate's own limits.
     let max_header_bytes = issues.take(pg.u64("max_header_bytes", 32768), 32768);
@@ -521,6 +536,9 @@ fn gateway_from_value(
         middleware_path: resolve(&base, &middleware_path),
         enable_bundle_downloader,
         bundle_base_url,
+        tls,
+        proxy_ssl_insecure_skip_verify,
+        proxy_ssl_min_version,
         bundle_insecure_skip_verify,
         skip_verify_existing_plugin_bundle,
         public_key_path: (!public_key_path.is_empty()).then(|| resolve(&base, &public_key_path)),
@@ -546,6 +564,142 @@ fn gateway_from_value(
         log_format,
         storage,
     })
+}
+
+/// Reads a Tyk TLS version number (`uint16`); `None` when absent or 0 (the default applies).
+/// `upstream` accepts TLS 1.0 and 1.1 as TLS 1.2 with a warning (see
+/// [`MinVersion::from_tyk_upstream`]).
+pub(crate) fn tls_version(
+    obj: &Obj<'_>,
+    key: &str,
+    upstream: bool,
+    issues: &mut Issues,
+) -> Option<MinVersion> {
+    let v = issues.take(obj.u64(key, 0), 0);
+    if v == 0 {
+        return None;
+    }
+    let parsed = if upstream {
+        MinVersion::from_tyk_upstream(v)
+    } else {
+        MinVersion::from_tyk(v).map(|m| (m, false))
+    };
+    match parsed {
+        Ok((m, raised)) => {
+            if raised {
+                tracing::warn!(
+                    field = %obj.field(key),
+                    "{v} asks for TLS 1.0/1.1, which pipegate (rustls) does not speak: upstream connections use TLS 1.2 or 1.3"
+                );
+            }
+            Some(m)
+        }
+        Err(reason) => {
+            issues.push(obj.field(key), reason);
+            None
+        }
+    }
+}
+
+/// `use_ssl`, `certificates` and `min_version`: the TLS server configuration, with the
+/// certificate files read and checked now so that a bad one stops the load (or the reload).
+fn server_tls(
+    http: &Obj<'_>,
+    base: &Path,
+    issues: &mut Issues,
+) -> Option<Arc<rustls::ServerConfig>> {
+    let use_ssl = issues.take(http.bool("use_ssl", false), false);
+    // Checked only when TLS is on: a Tyk file may carry it unused.
+    let min = if use_ssl {
+        tls_version(http, "min_version", false, issues).unwrap_or_default()
+    } else {
+        MinVersion::default()
+    };
+    // The files are checked even when min_version is wrong, so that every problem shows at once.
+    let before = issues.list.len();
+    let items = issues.take(http.array("certificates"), &[]);
+    let mut entries = Vec::with_capacity(items.len());
+    for (i, item) in items.iter().enumerate() {
+        let path = format!("http_server_options.certificates[{i}]");
+        let obj = match Obj::from_value(item, path.clone()) {
+            Ok(o) => o,
+            Err(issue) => {
+                issues.list.push(issue);
+                continue;
+            }
+        };
+        let domain_name = issues.take(obj.string("domain_name", ""), String::new());
+        let mut file = |key: &str| {
+            let p = issues.take(obj.string(key, ""), String::new());
+            if p.is_empty() {
+                issues.push(
+                    obj.field(key),
+                    "is missing; give the path of a PEM file (relative paths are resolved against tyk.conf's directory)",
+                );
+                return None;
+            }
+            Some(resolve(base, &p))
+        };
+        let (cert_file, key_file) = (file("cert_file"), file("key_file"));
+        if let (Some(cert_file), Some(key_file)) = (cert_file, key_file) {
+            entries.push((
+                i,
+                CertificateEntry {
+                    domain_name,
+                    cert_file,
+                    key_file,
+                },
+            ));
+        }
+    }
+    for key in ["ssl_certificates", "ssl_ciphers"] {
+        if http
+            .get(key)
+            .is_some_and(|v| v.as_array().is_none_or(|a| !a.is_empty()))
+        {
+            tracing::warn!(
+                field = %http.field(key),
+                "not supported by pipegate and ignored: certificates come from http_server_options.certificates (PEM files), cipher suites are rustls' defaults"
+            );
+        }
+    }
+    if !use_ssl {
+        return None;
+    }
+    // The complete entries' files are checked even when others are incomplete, so that every
+    // problem shows at once; the configuration is used only when nothing is wrong.
+    let complete = entries.len() == items.len();
+    let (positions, entries): (Vec<usize>, Vec<CertificateEntry>) = entries.into_iter().unzip();
+    if entries.is_empty() && !complete {
+        return None;
+    }
+    match crate::tls::server::build(&entries, min) {
+        Ok(cfg) if complete && issues.list.len() == before => Some(cfg),
+        Ok(_) => None,
+        Err(errs) => {
+            for (field, reason) in errs {
+                // Renumber to the entry's place in the file.
+                issues.push(renumber(&field, &positions), reason);
+            }
+            None
+        }
+    }
+}
+
+/// `http_server_options.certificates[i]...` with `i` (an index among the complete entries)
+/// replaced by that entry's index in the file.
+fn renumber(field: &str, positions: &[usize]) -> String {
+    let prefix = "http_server_options.certificates[";
+    let Some(rest) = field.strip_prefix(prefix) else {
+        return field.to_string();
+    };
+    let Some((num, tail)) = rest.split_once(']') else {
+        return field.to_string();
+    };
+    match num.parse::<usize>().ok().and_then(|i| positions.get(i)) {
+        Some(p) => format!("{prefix}{p}]{tail}"),
+        None => field.to_string(),
+    }
 }
 
 fn coprocess_options(cp: &Obj<'_>, base: &Path, issues: &mut Issues) -> CoprocessOptions {

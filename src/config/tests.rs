@@ -271,7 +271,7 @@ fn gateway_errors_name_file_field_and_reason() {
         "{file}: pipegate.wokers: unknown pipegate setting"
     ))));
     assert!(msgs.iter().any(|m| m.starts_with(&format!(
-        "{file}: http_server_options.use_ssl: pipegate does not terminate TLS"
+        "{file}: http_server_options.certificates: use_ssl is on but no certificates are listed"
     ))));
     // load_gateway reports the first of them.
     assert_eq!(load_gateway(&conf).unwrap_err().to_string(), msgs[0]);

@@ -9,6 +9,7 @@
 use std::collections::HashMap;
 use std::io::{self, Write};
 use std::net::{SocketAddr, ToSocketAddrs};
+use std::sync::Arc;
 use std::time::Instant;
 
 use mio::net::TcpStream;
@@ -16,6 +17,7 @@ use mio::net::TcpStream;
 use crate::config::{ApiDefinition, UpstreamTarget};
 use crate::http::{headers, BodyKind, RequestHead};
 use crate::middleware::RequestEdits;
+use crate::tls::client::UpstreamTls;
 
 /// Size of an upstream connection's read buffer.
 pub const UPSTREAM_BUF: usize = 64 * 1024;
@@ -24,7 +26,9 @@ pub const UPSTREAM_BUF: usize = 64 * 1024;
 pub struct Upstream {
     /// The socket.
     pub sock: TcpStream,
-    /// Pool key (the target's `host:port`).
+    /// The TLS session to an https target (`None` for http).
+    pub tls: Option<Box<rustls::ClientConnection>>,
+    /// Pool key (the target URL; for https, with its verification policy).
     pub key: String,
     /// Slab index of the client connection using it; `None` while idle in the pool.
     pub owner: Option<usize>,
@@ -53,12 +57,21 @@ pub struct Upstream {
 }
 
 impl Upstream {
-    /// Starts a non-blocking connect to `addr`.
-    pub fn connect(addr: SocketAddr, key: &str) -> io::Result<Upstream> {
+    /// Starts a non-blocking connect to `addr`; with `tls`, the TLS handshake follows it as soon
+    /// as the first bytes are written.
+    pub fn connect(addr: SocketAddr, key: &str, tls: Option<&UpstreamTls>) -> io::Result<Upstream> {
+        let tls = match tls {
+            Some(t) => Some(Box::new(
+                rustls::ClientConnection::new(Arc::clone(&t.config), t.server_name.clone())
+                    .map_err(io::Error::other)?,
+            )),
+            None => None,
+        };
         let sock = TcpStream::connect(addr)?;
         let _ = sock.set_nodelay(true);
         Ok(Upstream {
             sock,
+            tls,
             key: key.to_string(),
             owner: None,
             connecting: true,
@@ -75,9 +88,13 @@ impl Upstream {
         })
     }
 
-    /// Bytes queued but not yet written.
+    /// Bytes queued but not yet written (on TLS, plus one while rustls holds records to send).
     pub fn pending_write(&self) -> usize {
         self.wbuf.len() - self.wpos
+            + self
+                .tls
+                .as_ref()
+                .map_or(0, |t| usize::from(t.wants_write()))
     }
 }
 
@@ -125,17 +142,18 @@ impl Pool {
         self.idle.iter()
     }
 
-    /// The socket address of a target, resolved once per worker. Resolution may block on DNS the
-    /// first time a host name (not an IP literal) is used; it is cached afterwards.
-    pub fn resolve(&mut self, target: &UpstreamTarget) -> io::Result<SocketAddr> {
-        if let Some(a) = self.addrs.get(&target.url) {
+    /// The socket address of a target (cached under its pool `key`), resolved once per worker.
+    /// Resolution may block on DNS the first time a host name (not an IP literal) is used; it is
+    /// cached afterwards.
+    pub fn resolve(&mut self, key: &str, target: &UpstreamTarget) -> io::Result<SocketAddr> {
+        if let Some(a) = self.addrs.get(key) {
             return Ok(*a);
         }
         let addr = (target.host.as_str(), target.port)
             .to_socket_addrs()?
             .next()
             .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no address for host"))?;
-        self.addrs.insert(target.url.clone(), addr);
+        self.addrs.insert(key.to_string(), addr);
         Ok(addr)
     }
 

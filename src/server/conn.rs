@@ -68,6 +68,9 @@ pub enum Deadline {
 pub struct Conn {
     /// Client socket.
     pub sock: TcpStream,
+    /// The TLS session, on TLS connections only (`use_ssl`): plain connections carry nothing
+    /// extra and take no extra branch beyond this `None`.
+    pub tls: Option<Box<rustls::ServerConnection>>,
     /// Client address.
     pub peer: SocketAddr,
     /// Read buffer: `rbuf[..rlen]` holds the current head (from 0) followed by unconsumed bytes.
@@ -147,9 +150,16 @@ pub struct Conn {
 
 impl Conn {
     /// A fresh connection waiting for its first request.
-    pub fn new(sock: TcpStream, peer: SocketAddr, now: Instant, idle: Duration) -> Conn {
+    pub fn new(
+        sock: TcpStream,
+        tls: Option<Box<rustls::ServerConnection>>,
+        peer: SocketAddr,
+        now: Instant,
+        idle: Duration,
+    ) -> Conn {
         Conn {
             sock,
+            tls,
             peer,
             rbuf: vec![0; CLIENT_BUF],
             rlen: 0,
@@ -197,10 +207,50 @@ impl Conn {
         self.deadline_kind = kind;
     }
 
-    /// Bytes queued for the client and not yet written.
+    /// Bytes queued for the client and not yet written (on TLS, plus one while rustls holds
+    /// records to send: handshake messages, alerts, encrypted data).
     #[inline]
     pub fn pending_write(&self) -> usize {
         self.wbuf.len() - self.wpos
+            + self
+                .tls
+                .as_ref()
+                .map_or(0, |t| usize::from(t.wants_write()))
+    }
+
+    /// "https" on TLS connections, else "http" (X-Forwarded-Proto, the plugin's request.scheme).
+    #[inline]
+    pub fn scheme(&self) -> &'static str {
+        if self.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        }
+    }
+
+    /// Closing an idle TLS connection (keep-alive timeout, shutdown): one non-blocking attempt to
+    /// send `close_notify`, so the client's TLS stack sees an orderly close rather than a
+    /// truncation. Never used after a failure, where an orderly close would hide a cut response.
+    pub fn close_notify_best_effort(&mut self) {
+        if let Some(t) = self.tls.as_mut() {
+            if !t.is_handshaking() {
+                t.send_close_notify();
+                let _ = t.write_tls(&mut self.sock);
+            }
+        }
+    }
+
+    /// Before closing a TLS connection: queues `close_notify` so that the client can tell a
+    /// complete response from a cut one. True when something was queued and must be flushed
+    /// first; false on plain connections and once it has been sent.
+    pub fn queue_close_notify(&mut self) -> bool {
+        match self.tls.as_mut() {
+            Some(t) => {
+                t.send_close_notify();
+                t.wants_write()
+            }
+            None => false,
+        }
     }
 
     /// Takes the request body bytes that have arrived (after the head), up to where the body

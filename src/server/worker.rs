@@ -5,6 +5,9 @@
 //! pump the request body, write upstream, read upstream, pump the response, write the client,
 //! finish) until none makes progress. Sockets are edge-triggered: a step that stops early (buffer
 //! full) keeps the readiness flag and resumes when the buffer drains, without waiting for a new edge.
+//!
+//! TLS connections (client side with `use_ssl`, upstream side for https targets) take the same
+//! steps; only the socket fill/flush goes through rustls ([`crate::tls::io`]).
 
 use std::io::{self, ErrorKind, Read, Write};
 use std::net::SocketAddr;
@@ -30,7 +33,7 @@ use crate::middleware::chain::{
 };
 use crate::middleware::hook_object::RequestHookObject;
 use crate::proxy::{self, Outbound, Pool, Upstream};
-use crate::{admin, store};
+use crate::{admin, store, tls};
 use crossbeam_channel::{Receiver, Sender};
 
 const LISTENER: Token = Token(usize::MAX - 1);
@@ -283,6 +286,18 @@ impl Worker {
                         continue;
                     }
                     let _ = sock.set_nodelay(true);
+                    // Taken from the snapshot in force: after a reload, new connections present
+                    // the new certificates while open ones keep theirs.
+                    let tls = match self.gw().tls.as_ref() {
+                        None => None,
+                        Some(cfg) => match rustls::ServerConnection::new(Arc::clone(cfg)) {
+                            Ok(t) => Some(Box::new(t)),
+                            Err(e) => {
+                                tracing::warn!("cannot start a TLS session: {e}");
+                                continue;
+                            }
+                        },
+                    };
                     let idle = self.gw().limits.client_header_timeout;
                     let entry = self.conns.vacant_entry();
                     let ci = entry.key();
@@ -294,7 +309,7 @@ impl Worker {
                         tracing::warn!("register client socket: {e}");
                         continue;
                     }
-                    entry.insert(Conn::new(sock, peer, self.now, idle));
+                    entry.insert(Conn::new(sock, tls, peer, self.now, idle));
                     // Edge-triggered: data may already be waiting.
                     self.conns[ci].readable = true;
                     self.drive(ci);
@@ -322,6 +337,7 @@ impl Worker {
             .map(|(i, _)| i)
             .collect();
         for ci in idle {
+            self.conns[ci].close_notify_best_effort();
             self.close_conn(ci);
         }
         for (_, c) in self.conns.iter_mut() {
@@ -393,7 +409,11 @@ impl Worker {
         let c = &mut self.conns[ci];
         c.deadline = None;
         match c.deadline_kind {
-            Deadline::Idle | Deadline::Write => self.close_conn(ci),
+            Deadline::Idle => {
+                c.close_notify_best_effort();
+                self.close_conn(ci);
+            }
+            Deadline::Write => self.close_conn(ci),
             Deadline::Head => {
                 if c.rlen > 0 {
                     self.local_error(ci, 408, "Request timeout", true);
@@ -421,6 +441,14 @@ impl Worker {
 
     fn idle_upstream_event(&mut self, ui: usize) {
         // An idle pooled connection became readable: the upstream closed it (or sent garbage).
+        // On TLS it may also be a session ticket or key update, which leaves it clean and idle.
+        let u = &mut self.ups[ui];
+        if let Some(t) = u.tls.as_deref_mut() {
+            let read = tls::io::fill(t, &mut u.sock, &mut u.rbuf, &mut u.rlen, &mut u.readable);
+            if matches!(read, Ok((_, false))) && u.rlen == 0 && !t.wants_write() {
+                return;
+            }
+        }
         let key = self.ups[ui].key.clone();
         self.pool.remove(&key, ui);
         self.close_upstream(ui);
@@ -537,8 +565,11 @@ impl Worker {
         if c.pending_write() == 0 || !c.writable {
             return Ok(false);
         }
-        let moved =
-            flush(&mut c.sock, &mut c.wbuf, &mut c.wpos, &mut c.writable).map_err(|_| Abort)?;
+        let moved = match c.tls.as_deref_mut() {
+            None => flush(&mut c.sock, &mut c.wbuf, &mut c.wpos, &mut c.writable),
+            Some(t) => tls::io::flush(t, &mut c.sock, &mut c.wbuf, &mut c.wpos, &mut c.writable),
+        }
+        .map_err(|_| Abort)?;
         if moved && c.deadline_kind == Deadline::Write {
             c.deadline = Some(self.now + self.snapshot.gateway.limits.write_timeout);
         }
@@ -562,7 +593,9 @@ impl Worker {
     fn read_client(&mut self, ci: usize) -> Result<bool, Abort> {
         let max_head = self.snapshot.gateway.limits.max_header_bytes;
         let c = &mut self.conns[ci];
-        if !c.readable || c.eof || !Self::wants_input(c, max_head) {
+        // On TLS, rustls may hold decrypted bytes that did not fit last time: read even without
+        // a new edge (tls::io::fill touches the socket only while it is readable).
+        if (!c.readable && c.tls.is_none()) || c.eof || !Self::wants_input(c, max_head) {
             return Ok(false);
         }
         if c.rlen == c.rbuf.len() {
@@ -573,8 +606,15 @@ impl Worker {
                 return Ok(false);
             }
         }
-        let (moved, eof) =
-            fill(&mut c.sock, &mut c.rbuf, &mut c.rlen, &mut c.readable).map_err(|_| Abort)?;
+        let (moved, eof) = match c.tls.as_deref_mut() {
+            None => fill(&mut c.sock, &mut c.rbuf, &mut c.rlen, &mut c.readable),
+            Some(t) => tls::io::fill(t, &mut c.sock, &mut c.rbuf, &mut c.rlen, &mut c.readable)
+                .inspect_err(|e| {
+                    // A failed handshake or a bad record ends this connection only.
+                    tracing::debug!(peer = %c.peer, "TLS connection failed: {e}");
+                }),
+        }
+        .map_err(|_| Abort)?;
         c.eof |= eof;
         if moved {
             match c.st {
@@ -779,7 +819,11 @@ impl Worker {
         };
         c.st = St::Proxy;
         let target = &api.target;
-        let ui = match self.pool.take(&target.url) {
+        let key = api
+            .upstream_tls
+            .as_ref()
+            .map_or(target.url.as_str(), |t| t.pool_key.as_str());
+        let ui = match self.pool.take(key) {
             Some(ui) => {
                 let u = &mut self.ups[ui];
                 u.owner = Some(ci);
@@ -787,7 +831,7 @@ impl Worker {
                 ui
             }
             None => {
-                let addr = match self.pool.resolve(target) {
+                let addr = match self.pool.resolve(key, target) {
                     Ok(a) => a,
                     Err(e) => {
                         tracing::warn!(api = %api.api_id, target = %target.url, "cannot resolve upstream: {e}");
@@ -795,11 +839,11 @@ impl Worker {
                         return;
                     }
                 };
-                match self.open_upstream(addr, &target.url, ci) {
+                match self.open_upstream(addr, key, api.upstream_tls.as_deref(), ci) {
                     Ok(ui) => ui,
                     Err(e) => {
                         tracing::warn!(api = %api.api_id, target = %target.url, "cannot connect upstream: {e}");
-                        self.pool.forget_addr(&target.url);
+                        self.pool.forget_addr(key);
                         self.local_error(ci, 502, UPSTREAM_ERROR, false);
                         return;
                     }
@@ -830,7 +874,7 @@ impl Worker {
                 edits: c.req.edits.as_deref(),
                 peer: &c.peer,
                 body,
-                scheme: "http",
+                scheme: c.scheme(),
             },
             &mut u.wbuf,
         );
@@ -877,8 +921,14 @@ impl Worker {
         }
     }
 
-    fn open_upstream(&mut self, addr: SocketAddr, key: &str, owner: usize) -> io::Result<usize> {
-        let mut u = Upstream::connect(addr, key)?;
+    fn open_upstream(
+        &mut self,
+        addr: SocketAddr,
+        key: &str,
+        tls: Option<&tls::client::UpstreamTls>,
+        owner: usize,
+    ) -> io::Result<usize> {
+        let mut u = Upstream::connect(addr, key, tls)?;
         u.owner = Some(owner);
         let entry = self.ups.vacant_entry();
         let ui = entry.key();
@@ -1015,9 +1065,18 @@ impl Worker {
         }
         let u = &mut self.ups[ui];
         if u.pending_write() > 0 && u.writable {
-            match flush(&mut u.sock, &mut u.wbuf, &mut u.wpos, &mut u.writable) {
+            let written = match u.tls.as_deref_mut() {
+                None => flush(&mut u.sock, &mut u.wbuf, &mut u.wpos, &mut u.writable),
+                Some(t) => {
+                    tls::io::flush(t, &mut u.sock, &mut u.wbuf, &mut u.wpos, &mut u.writable)
+                }
+            };
+            match written {
                 Ok(moved) => progress |= moved,
-                Err(_) => {
+                Err(e) => {
+                    if u.tls.is_some() {
+                        tracing::warn!(upstream = %u.key, "upstream TLS write failed: {e}");
+                    }
                     // The upstream stopped reading; a response may still be readable.
                     u.wbuf.clear();
                     u.wpos = 0;
@@ -1028,13 +1087,21 @@ impl Worker {
         let c = &self.conns[ci];
         let room = c.pending_write() < MAX_PENDING_CLIENT;
         let u = &mut self.ups[ui];
-        if u.readable && room && !u.eof && u.rlen < u.rbuf.len() {
-            match fill(&mut u.sock, &mut u.rbuf, &mut u.rlen, &mut u.readable) {
+        if (u.readable || u.tls.is_some()) && room && !u.eof && u.rlen < u.rbuf.len() {
+            let read = match u.tls.as_deref_mut() {
+                None => fill(&mut u.sock, &mut u.rbuf, &mut u.rlen, &mut u.readable),
+                Some(t) => tls::io::fill(t, &mut u.sock, &mut u.rbuf, &mut u.rlen, &mut u.readable),
+            };
+            match read {
                 Ok((moved, eof)) => {
                     progress |= moved;
                     u.eof |= eof;
                 }
-                Err(_) => {
+                Err(e) => {
+                    if u.tls.is_some() {
+                        // Failed handshake or verification: the client gets a 502, the log why.
+                        tracing::warn!(upstream = %u.key, "upstream TLS failed: {e}");
+                    }
                     u.eof = true;
                     progress = true;
                 }
@@ -1276,6 +1343,9 @@ impl Worker {
         match c.st {
             St::Local if c.pending_write() == 0 && (c.req_body_done || c.close_after) => {
                 if c.close_after {
+                    if c.queue_close_notify() {
+                        return Ok(true);
+                    }
                     let _ = c.sock.shutdown(std::net::Shutdown::Write);
                     return Err(Abort);
                 }
@@ -1289,6 +1359,9 @@ impl Worker {
                 Ok(true)
             }
             St::Close if c.pending_write() == 0 => {
+                if c.queue_close_notify() {
+                    return Ok(true);
+                }
                 let _ = c.sock.shutdown(std::net::Shutdown::Write);
                 Err(Abort)
             }
@@ -1354,7 +1427,7 @@ impl Worker {
             head: &c.head,
             edits: c.req.edits.as_deref(),
             body: &c.req.body,
-            scheme: "http",
+            scheme: c.scheme(),
         };
         let obj =
             chain::request_object(hook, def, &api, &view, c.req.session.as_deref(), send_body);
@@ -1392,7 +1465,7 @@ impl Worker {
             head: &c.head,
             edits: c.req.edits.as_deref(),
             body: &c.req.body,
-            scheme: "http",
+            scheme: c.scheme(),
         };
         let session = c.req.session.as_deref();
         let Some(obj) = RequestHookObject::new(hook, def, api, &view, session, cp.send_body) else {
@@ -1881,7 +1954,7 @@ impl Worker {
                 head: &c.head,
                 edits: state.edits.as_deref(),
                 body: &state.body,
-                scheme: "http",
+                scheme: c.scheme(),
             };
             // `apply` needs the view (borrowing state's edits) and state mutably: work on a copy
             // of the edits.
@@ -1965,7 +2038,7 @@ impl Worker {
             head: &c.head,
             edits: c.req.edits.as_deref(),
             body: &c.req.body,
-            scheme: "http",
+            scheme: c.scheme(),
         };
         let obj =
             chain::response_object(def, &api, &view, c.req.session.as_deref(), resp, send_body);

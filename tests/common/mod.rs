@@ -711,6 +711,8 @@ impl EchoEnv {
 /// A socket plus the bytes read from it but not yet consumed.
 struct Wire {
     stream: TcpStream,
+    /// The TLS session when the client speaks TLS ([`Client::connect_tls`]).
+    tls: Option<Box<rustls::ClientConnection>>,
     buf: Vec<u8>,
     pos: usize,
 }
@@ -719,6 +721,7 @@ impl Wire {
     fn new(stream: TcpStream) -> Wire {
         Wire {
             stream,
+            tls: None,
             buf: Vec::with_capacity(64 * 1024),
             pos: 0,
         }
@@ -744,7 +747,11 @@ impl Wire {
         }
         let mut tmp = [0u8; 64 * 1024];
         loop {
-            match self.stream.read(&mut tmp) {
+            let read = match self.tls.as_deref_mut() {
+                None => self.stream.read(&mut tmp),
+                Some(t) => rustls::Stream::new(t, &mut self.stream).read(&mut tmp),
+            };
+            match read {
                 Ok(n) => {
                     self.buf.extend_from_slice(&tmp[..n]);
                     return Ok(n);
@@ -1115,8 +1122,52 @@ impl Client {
 
     /// Writes all of `bytes`.
     pub fn try_send(&mut self, bytes: &[u8]) -> io::Result<()> {
-        self.wire.stream.write_all(bytes)?;
-        self.wire.stream.flush()
+        match self.wire.tls.as_deref_mut() {
+            None => {
+                self.wire.stream.write_all(bytes)?;
+                self.wire.stream.flush()
+            }
+            Some(t) => {
+                let mut s = rustls::Stream::new(t, &mut self.wire.stream);
+                s.write_all(bytes)?;
+                s.flush()
+            }
+        }
+    }
+
+    /// Connects to `addr` and completes a TLS handshake with `config`, sending `server_name` as
+    /// SNI (an IP address sends none). The error is the handshake's (e.g. a refused version).
+    pub fn connect_tls(
+        addr: SocketAddr,
+        config: Arc<rustls::ClientConfig>,
+        server_name: &str,
+    ) -> io::Result<Client> {
+        let mut c = Client::try_connect(addr)?;
+        let name = rustls::pki_types::ServerName::try_from(server_name.to_string())
+            .map_err(|e| io::Error::new(ErrorKind::InvalidInput, e))?;
+        let mut tls = rustls::ClientConnection::new(config, name).map_err(io::Error::other)?;
+        while tls.is_handshaking() {
+            tls.complete_io(&mut c.wire.stream)?;
+        }
+        c.wire.tls = Some(Box::new(tls));
+        Ok(c)
+    }
+
+    /// The TLS session (panics on a plain connection).
+    pub fn tls(&self) -> &rustls::ClientConnection {
+        self.wire
+            .tls
+            .as_deref()
+            .unwrap_or_else(|| panic!("not a TLS connection"))
+    }
+
+    /// The leaf certificate the server presented (DER).
+    pub fn peer_cert(&self) -> Vec<u8> {
+        self.tls()
+            .peer_certificates()
+            .and_then(|c| c.first())
+            .map(|c| c.as_ref().to_vec())
+            .unwrap_or_else(|| panic!("the server presented no certificate"))
     }
 
     /// Reads one response to a request that may have a body; panics on error.
@@ -1935,4 +1986,291 @@ pub fn echo_request_via(c: &mut Client, listen_path: &str, token: &str) -> LoadO
         return LoadOutcome::Bad(format!("{token}: the upstream saw path {}", v["path"]));
     }
     LoadOutcome::Ok
+}
+
+// ---------------------------------------------------------------------------------------------
+// TLS: certificates made with the openssl CLI, a TLS client config, a real TLS upstream
+// ---------------------------------------------------------------------------------------------
+
+/// Runs `openssl` in `dir`; panics with its output when it fails.
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run openssl (is it installed?): {e}"));
+    assert!(
+        out.status.success(),
+        "openssl {args:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A test certificate authority in a directory, made with the `openssl` CLI (as an operator
+/// would make theirs), issuing leaf certificates for server names.
+pub struct TestPki {
+    dir: PathBuf,
+    name: String,
+}
+
+/// A certificate and its key, as PEM files.
+#[derive(Debug, Clone)]
+pub struct CertFiles {
+    /// The certificate (PEM).
+    pub cert: PathBuf,
+    /// The private key (PEM, PKCS#8).
+    pub key: PathBuf,
+}
+
+impl CertFiles {
+    /// The certificate's DER bytes (what a TLS peer sees).
+    pub fn der(&self) -> Vec<u8> {
+        cert_der(&self.cert)
+    }
+}
+
+impl TestPki {
+    /// Creates a CA called `name` (EC P-256) in `dir`.
+    pub fn new(dir: &Path, name: &str) -> TestPki {
+        fs::create_dir_all(dir).unwrap_or_else(|e| panic!("mkdir {}: {e}", dir.display()));
+        let pki = TestPki {
+            dir: dir.to_path_buf(),
+            name: name.to_string(),
+        };
+        openssl(
+            dir,
+            &[
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:prime256v1",
+                "-nodes",
+                "-days",
+                "30",
+                "-subj",
+                &format!("/CN={name}"),
+                "-addext",
+                "basicConstraints=critical,CA:TRUE",
+                "-addext",
+                "keyUsage=critical,keyCertSign,cRLSign",
+                "-keyout",
+                &format!("{name}.key"),
+                "-out",
+                &format!("{name}.pem"),
+            ],
+        );
+        pki
+    }
+
+    /// The CA certificate (PEM), for clients to trust.
+    pub fn ca_pem(&self) -> PathBuf {
+        self.dir.join(format!("{}.pem", self.name))
+    }
+
+    /// Issues a server certificate saved as `<file>.pem`/`<file>.key` for `sans` (openssl
+    /// subjectAltName syntax, e.g. `DNS:a.test`, `IP:127.0.0.1`); CN is the first name. `rsa`
+    /// makes an RSA-2048 key instead of EC P-256. Issuing again under the same file name replaces
+    /// the files with a new certificate.
+    pub fn issue(&self, file: &str, sans: &[&str], rsa: bool) -> CertFiles {
+        let cn = sans
+            .first()
+            .and_then(|s| s.split_once(':'))
+            .map_or("leaf", |(_, v)| v);
+        let key_args: &[&str] = if rsa {
+            &["-newkey", "rsa:2048"]
+        } else {
+            &["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1"]
+        };
+        let mut args = vec!["req", "-new"];
+        args.extend_from_slice(key_args);
+        let subj = format!("/CN={cn}");
+        let key = format!("{file}.key");
+        let csr = format!("{file}.csr");
+        args.extend_from_slice(&["-nodes", "-subj", &subj, "-keyout", &key, "-out", &csr]);
+        openssl(&self.dir, &args);
+        let ext = format!("{file}.ext");
+        fs::write(
+            self.dir.join(&ext),
+            format!(
+                "subjectAltName={}\nbasicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n",
+                sans.join(",")
+            ),
+        )
+        .unwrap_or_else(|e| panic!("write {ext}: {e}"));
+        let ca_cert = format!("{}.pem", self.name);
+        let ca_key = format!("{}.key", self.name);
+        let cert = format!("{file}.pem");
+        openssl(
+            &self.dir,
+            &[
+                "x509",
+                "-req",
+                "-in",
+                &csr,
+                "-CA",
+                &ca_cert,
+                "-CAkey",
+                &ca_key,
+                "-CAcreateserial",
+                "-days",
+                "30",
+                "-extfile",
+                &ext,
+                "-out",
+                &cert,
+            ],
+        );
+        CertFiles {
+            cert: self.dir.join(cert),
+            key: self.dir.join(key),
+        }
+    }
+}
+
+/// The first certificate of a PEM file, as DER.
+pub fn cert_der(pem: &Path) -> Vec<u8> {
+    use rustls::pki_types::pem::PemObject;
+    rustls::pki_types::CertificateDer::from_pem_file(pem)
+        .unwrap_or_else(|e| panic!("no certificate in {}: {e}", pem.display()))
+        .as_ref()
+        .to_vec()
+}
+
+/// Accepts any server certificate: for tests that look at which certificate was presented
+/// rather than whether it verifies (e.g. the default certificate for an unknown SNI name).
+#[derive(Debug)]
+struct AcceptAnyCert(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for AcceptAnyCert {
+    fn verify_server_cert(
+        &self,
+        _: &rustls::pki_types::CertificateDer<'_>,
+        _: &[rustls::pki_types::CertificateDer<'_>],
+        _: &rustls::pki_types::ServerName<'_>,
+        _: &[u8],
+        _: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+    fn verify_tls12_signature(
+        &self,
+        m: &[u8],
+        c: &rustls::pki_types::CertificateDer<'_>,
+        d: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(m, c, d, &self.0.signature_verification_algorithms)
+    }
+    fn verify_tls13_signature(
+        &self,
+        m: &[u8],
+        c: &rustls::pki_types::CertificateDer<'_>,
+        d: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(m, c, d, &self.0.signature_verification_algorithms)
+    }
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// A rustls client configuration: trusting only `ca` (or, with `None`, accepting any
+/// certificate), offering ALPN http/1.1, limited to `versions` (empty: TLS 1.2 and 1.3).
+pub fn tls_client_config(
+    ca: Option<&Path>,
+    versions: &[&'static rustls::SupportedProtocolVersion],
+) -> Arc<rustls::ClientConfig> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let versions = if versions.is_empty() {
+        rustls::ALL_VERSIONS
+    } else {
+        versions
+    };
+    let builder = rustls::ClientConfig::builder_with_provider(Arc::clone(&provider))
+        .with_protocol_versions(versions)
+        .unwrap_or_else(|e| panic!("TLS versions: {e}"));
+    let mut config = match ca {
+        Some(ca) => {
+            let mut roots = rustls::RootCertStore::empty();
+            roots
+                .add(rustls::pki_types::CertificateDer::from(cert_der(ca)))
+                .unwrap_or_else(|e| panic!("CA {}: {e}", ca.display()));
+            builder.with_root_certificates(roots).with_no_client_auth()
+        }
+        None => builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(AcceptAnyCert(provider)))
+            .with_no_client_auth(),
+    };
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Arc::new(config)
+}
+
+/// A real TLS upstream: `tests/fixtures/tls_echo_upstream.py` (Python's http.server in ssl),
+/// answering JSON that names the request and the source port of the gateway's connection.
+pub struct TlsUpstream {
+    child: Child,
+    addr: SocketAddr,
+    stderr: LogSink,
+}
+
+impl TlsUpstream {
+    /// Starts it with a certificate and key.
+    pub fn start(cert: &CertFiles) -> TlsUpstream {
+        TlsUpstream::start_with(cert, &[])
+    }
+
+    /// Starts it with extra arguments (`tls12`: at most TLS 1.2).
+    pub fn start_with(cert: &CertFiles, args: &[&str]) -> TlsUpstream {
+        let mut cmd = Command::new("python3");
+        cmd.arg(format!(
+            "{}/tests/fixtures/tls_echo_upstream.py",
+            env!("CARGO_MANIFEST_DIR")
+        ))
+        .arg(&cert.cert)
+        .arg(&cert.key)
+        .args(args);
+        let (mut child, stdout, stderr) = spawn_logged(cmd, "tls-upstream");
+        let addr = wait_for_addr(
+            &mut child,
+            &stdout,
+            "listening on ",
+            "tls-upstream",
+            &stderr,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        TlsUpstream {
+            child,
+            addr,
+            stderr,
+        }
+    }
+
+    /// Its address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `https://127.0.0.1:<port>` (no trailing slash).
+    pub fn url(&self) -> String {
+        format!("https://{}", self.addr)
+    }
+
+    /// `https://localhost:<port>`: a host name, so the gateway sends SNI and verifies a DNS name.
+    pub fn url_by_name(&self) -> String {
+        format!("https://localhost:{}", self.addr.port())
+    }
+}
+
+impl Drop for TlsUpstream {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if thread::panicking() {
+            eprintln!("[harness] tls-upstream log:\n{}", self.stderr.text());
+        }
+    }
 }
