@@ -6,12 +6,15 @@
 //! [`tls`] terminates TLS on the same event loop when `use_ssl` is on, and speaks TLS to https
 //! upstreams.
 
+pub mod access_log;
 pub mod admin;
 pub mod bundle;
 pub mod config;
 pub mod coprocess;
 pub mod demo;
 pub mod http;
+pub mod logging;
+pub mod metrics;
 pub mod middleware;
 pub mod plugin_bench;
 pub mod proxy;

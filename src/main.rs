@@ -197,17 +197,9 @@ fn bundle_command(cmd: BundleCommand) -> ExitCode {
     }
 }
 
-fn init_logging(json: bool) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if json {
-        let _ = builder.json().try_init();
-    } else {
-        let _ = builder.try_init();
-    }
+/// Logging for the subcommands that have no tyk.conf (demo, echo upstream): text, `RUST_LOG`.
+fn init_logging() {
+    pipegate::logging::init(None);
 }
 
 fn main() -> ExitCode {
@@ -221,7 +213,7 @@ fn main() -> ExitCode {
             check(&conf)
         }
         Some(Command::Demo { port }) => {
-            init_logging(false);
+            init_logging();
             match demo(port) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
@@ -240,7 +232,7 @@ fn main() -> ExitCode {
             }
         },
         Some(Command::EchoUpstream { listen }) => {
-            init_logging(false);
+            init_logging();
             let l = match TcpListener::bind(&listen) {
                 Ok(l) => l,
                 Err(e) => {
@@ -272,10 +264,9 @@ fn main() -> ExitCode {
 }
 
 fn run(conf: &Path) -> ExitCode {
-    let json = config::load_gateway(conf)
-        .map(|g| g.log_format == config::LogFormat::Json)
-        .unwrap_or(false);
-    init_logging(json);
+    // A tyk.conf that does not load still gets logging (the error is reported by `run`).
+    let gw = config::load_gateway(conf).ok();
+    pipegate::logging::init(gw.as_ref());
     match pipegate::server::run(conf.to_path_buf()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

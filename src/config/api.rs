@@ -94,6 +94,9 @@ pub struct ApiDefinition {
     /// naming no internals, the log names the API, the bundle and the reason. Other APIs are
     /// unaffected.
     pub unavailable: Option<String>,
+    /// Index of this API's metric series ([`crate::metrics::Registry::api_slot`]), set when the
+    /// configuration is loaded so requests never look labels up; 0 until then.
+    pub metrics_slot: usize,
 }
 
 /// An upstream URL taken apart once, so the proxy never parses it per request.
@@ -955,6 +958,7 @@ pub(crate) fn api_from_value(
         source: source.to_path_buf(),
         raw: value.clone(),
         unavailable: None,
+        metrics_slot: 0,
     })
 }
 

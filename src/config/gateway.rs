@@ -90,8 +90,16 @@ pub struct GatewayConfig {
     pub workers: usize,
     /// How long in-flight requests may run after a stop signal.
     pub shutdown_grace: Duration,
-    /// Log line format.
+    /// Log line format: tyk.conf `log_format` (Tyk's key), else `pipegate.log_format`; the
+    /// environment (`TYK_GW_LOGFORMAT`, `TYK_LOGFORMAT`) overrides both at start.
     pub log_format: LogFormat,
+    /// Tyk's `log_level` (`debug`, `info`, `warn`, `error`); `None` when unset or empty. `RUST_LOG`
+    /// and `TYK_GW_LOGLEVEL` / `TYK_LOGLEVEL` override it at start.
+    pub log_level: Option<String>,
+    /// The Prometheus endpoint (`pipegate.metrics`).
+    pub metrics: MetricsOptions,
+    /// Tyk's `access_logs`: one info line per request, target `access_log`.
+    pub access_log: AccessLogOptions,
     /// The `storage` object as written (Redis settings); `Value::Null` when absent. Typed by the
     /// store module, which knows what it supports.
     pub storage: Value,
@@ -168,7 +176,61 @@ pub struct CoprocessOptions {
     pub grpc_compression: Option<String>,
 }
 
-/// Log line format (`pipegate.log_format`).
+/// Where `/metrics` is served (`pipegate.metrics`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MetricsOptions {
+    /// `enabled` (default true): serve the endpoint at all. Counting never stops (it is cheap).
+    pub enabled: bool,
+    /// `path` (default `/metrics`).
+    pub path: String,
+    /// `listen_address` (`host:port`): serve on this separate listener instead of the main one.
+    /// Read at start only; changing it takes a restart.
+    pub listen_address: Option<std::net::SocketAddr>,
+}
+
+/// Fields an access log line can carry (Tyk's `access_logs.template` names plus pipegate's own).
+pub const ACCESS_LOG_FIELDS: &[&str] = &[
+    "api_id",
+    "api_name",
+    "method",
+    "path",
+    "status",
+    "latency_total",
+    "upstream_latency",
+    "hook_latency",
+    "bytes_in",
+    "bytes_out",
+    "client_ip",
+    "remote_addr",
+    "host",
+    "protocol",
+    "user_agent",
+    "upstream_addr",
+];
+
+/// Tyk template fields pipegate accepts but does not log (a warning says so once).
+const ACCESS_LOG_NOT_LOGGED: &[&str] = &["api_key"];
+
+/// Tyk's `access_logs`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccessLogOptions {
+    /// `enabled` (default false). Off costs one branch per request.
+    pub enabled: bool,
+    /// `template`: bit `i` set = `ACCESS_LOG_FIELDS[i]` is logged; all fields when no template.
+    pub fields: u32,
+}
+
+impl AccessLogOptions {
+    /// Whether `field` (a name from [`ACCESS_LOG_FIELDS`]) is logged.
+    pub fn has(&self, field: &str) -> bool {
+        ACCESS_LOG_FIELDS
+            .iter()
+            .position(|f| *f == field)
+            .is_some_and(|i| self.fields & (1 << i) != 0)
+    }
+}
+
+/// Log line format (tyk.conf `log_format`, or `pipegate.log_format`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogFormat {
     /// Human-readable lines (default).
@@ -209,6 +271,9 @@ const KNOWN_TOP: &[&str] = &[
     "http_server_options",
     "storage",
     "coprocess_options",
+    "log_level",
+    "log_format",
+    "access_logs",
     "pipegate",
 ];
 
@@ -255,7 +320,11 @@ const KNOWN_PIPEGATE: &[&str] = &[
     "shutdown_grace_ms",
     "max_connections_per_worker",
     "log_format",
+    "metrics",
 ];
+
+const KNOWN_METRICS: &[&str] = &["enabled", "path", "listen_address"];
+const KNOWN_ACCESS_LOGS: &[&str] = &["enabled", "template"];
 
 /// Loads and validates tyk.conf, returning the first problem found.
 ///
@@ -498,20 +567,35 @@ fn gateway_from_value(
     } else {
         usize::try_from(workers).unwrap_or(1)
     };
-    let log_format = match issues
-        .take(pg.string("log_format", "text"), "text".to_string())
-        .as_str()
-    {
-        "text" => LogFormat::Text,
-        "json" => LogFormat::Json,
-        other => {
-            issues.push(
-                "pipegate.log_format",
-                format!("{other:?} is not a log format; use \"text\" or \"json\""),
-            );
-            LogFormat::Text
-        }
+    // Tyk's key wins over pipegate's older one; both take "text" or "json".
+    let log_format = match top.get("log_format") {
+        Some(v) if !v.is_null() => log_format_of(
+            issues.take(top.string("log_format", "text"), "text".to_string()),
+            "log_format",
+            issues,
+        ),
+        _ => log_format_of(
+            issues.take(pg.string("log_format", "text"), "text".to_string()),
+            "pipegate.log_format",
+            issues,
+        ),
     };
+    let log_level = issues.take(top.string("log_level", ""), String::new());
+    let log_level = if log_level.is_empty() {
+        None
+    } else if ["debug", "info", "warn", "error"].contains(&log_level.as_str()) {
+        Some(log_level)
+    } else {
+        issues.push(
+            "log_level",
+            format!(
+                "{log_level:?} is not a log level; use \"debug\", \"info\", \"warn\" or \"error\""
+            ),
+        );
+        None
+    };
+    let metrics = metrics_options(&pg, issues);
+    let access_log = access_log_options(&top, conf_path, issues);
 
     let storage = match top.get("storage") {
         None => Value::Null,
@@ -562,8 +646,107 @@ fn gateway_from_value(
         workers,
         shutdown_grace: Duration::from_millis(shutdown_ms),
         log_format,
+        log_level,
+        metrics,
+        access_log,
         storage,
     })
+}
+
+/// Reads a log format value ("text" or "json"; Tyk's "default" means text).
+fn log_format_of(v: String, field: &str, issues: &mut Issues) -> LogFormat {
+    match v.as_str() {
+        "text" | "default" | "" => LogFormat::Text,
+        "json" => LogFormat::Json,
+        other => {
+            issues.push(
+                field,
+                format!("{other:?} is not a log format; use \"text\" or \"json\""),
+            );
+            LogFormat::Text
+        }
+    }
+}
+
+/// `pipegate.metrics`: `{"enabled": true, "path": "/metrics", "listen_address": "127.0.0.1:9100"}`.
+fn metrics_options(pg: &Obj<'_>, issues: &mut Issues) -> MetricsOptions {
+    let m = issues.take(pg.obj("metrics"), Obj::empty("pipegate.metrics"));
+    for key in m.unknown_keys(KNOWN_METRICS) {
+        issues.push(
+            format!("pipegate.metrics.{key}"),
+            format!(
+                "unknown metrics setting; known ones are {}",
+                KNOWN_METRICS.join(", ")
+            ),
+        );
+    }
+    let enabled = issues.take(m.bool("enabled", true), true);
+    let path = issues.take(m.string("path", "/metrics"), "/metrics".to_string());
+    if !path.starts_with('/') || path.contains(['?', '#', ' ']) || path.starts_with("/tyk/") {
+        issues.push(
+            "pipegate.metrics.path",
+            format!("{path:?} is not a usable path; give one starting with '/', outside /tyk/, without '?', '#' or spaces (e.g. \"/metrics\")"),
+        );
+    }
+    let listen = issues.take(m.string("listen_address", ""), String::new());
+    let listen_address = if listen.is_empty() {
+        None
+    } else {
+        use std::net::ToSocketAddrs;
+        match listen.to_socket_addrs().map(|mut a| a.next()) {
+            Ok(Some(a)) => Some(a),
+            _ => {
+                issues.push(
+                    "pipegate.metrics.listen_address",
+                    format!("{listen:?} is not a host:port address; use e.g. \"127.0.0.1:9100\""),
+                );
+                None
+            }
+        }
+    };
+    MetricsOptions {
+        enabled,
+        path,
+        listen_address,
+    }
+}
+
+/// Tyk's `access_logs`: `{"enabled": true, "template": ["api_id", "status", ...]}`.
+fn access_log_options(top: &Obj<'_>, conf_path: &Path, issues: &mut Issues) -> AccessLogOptions {
+    let a = issues.take(top.obj("access_logs"), Obj::empty("access_logs"));
+    let unknown = a.unknown_keys(KNOWN_ACCESS_LOGS);
+    if !unknown.is_empty() {
+        tracing::warn!(
+            file = %conf_path.display(),
+            keys = %unknown.join(", "),
+            "unknown access_logs keys are ignored; check them for typos"
+        );
+    }
+    let enabled = issues.take(a.bool("enabled", false), false);
+    let template = issues.take(a.strings("template"), Vec::new());
+    let mut fields = 0u32;
+    for (i, name) in template.iter().enumerate() {
+        if let Some(bit) = ACCESS_LOG_FIELDS.iter().position(|f| f == name) {
+            fields |= 1 << bit;
+        } else if ACCESS_LOG_NOT_LOGGED.contains(&name.as_str()) {
+            tracing::warn!(
+                file = %conf_path.display(),
+                "access_logs.template[{i}]: {name:?} is not logged by pipegate"
+            );
+        } else {
+            issues.push(
+                format!("access_logs.template[{i}]"),
+                format!(
+                    "{name:?} is not an access log field; known ones are {}",
+                    ACCESS_LOG_FIELDS.join(", ")
+                ),
+            );
+        }
+    }
+    if template.is_empty() {
+        fields = (1u32 << ACCESS_LOG_FIELDS.len()) - 1;
+    }
+    AccessLogOptions { enabled, fields }
 }
 
 /// Reads a Tyk TLS version number (`uint16`); `None` when absent or 0 (the default applies).

@@ -28,8 +28,9 @@ pub use api::{
 };
 pub use error::ConfigError;
 pub use gateway::{
-    load_gateway, load_gateway_all, parse_gateway, CoprocessOptions, GatewayConfig, Limits,
-    LogFormat, UpstreamOptions, DEFAULT_SECRET,
+    load_gateway, load_gateway_all, parse_gateway, AccessLogOptions, CoprocessOptions,
+    GatewayConfig, Limits, LogFormat, MetricsOptions, UpstreamOptions, ACCESS_LOG_FIELDS,
+    DEFAULT_SECRET,
 };
 
 /// One consistent, immutable view of the configuration: the gateway settings and the active

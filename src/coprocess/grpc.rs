@@ -309,6 +309,8 @@ struct ConnState {
     target: Target,
     /// Open connections (0 or 1 in practice: the channel keeps one).
     live: AtomicUsize,
+    /// Connections opened so far (for the reconnect counter of the metrics).
+    opened: AtomicU64,
     /// The server has answered on the current connection.
     answered: AtomicBool,
     backoff: Mutex<Backoff>,
@@ -345,6 +347,7 @@ impl ConnState {
         match result {
             Ok(io) => {
                 self.live.fetch_add(1, Ordering::AcqRel);
+                self.opened.fetch_add(1, Ordering::Relaxed);
                 tracing::debug!("connected to gRPC plugin server {}", self.target);
                 Ok(hyper_util::rt::TokioIo::new(PluginStream {
                     io,
@@ -592,6 +595,7 @@ impl GrpcClient {
         let conn = Arc::new(ConnState {
             target: target.clone(),
             live: AtomicUsize::new(0),
+            opened: AtomicU64::new(0),
             answered: AtomicBool::new(false),
             backoff: Mutex::new(Backoff {
                 failures: 0,
@@ -763,6 +767,16 @@ impl GrpcClient {
     /// itself, usually by echoing the object).
     pub fn implements(&self, _hook: &str) -> bool {
         true
+    }
+
+    /// Connections opened to the plugin server after the first one (reconnects after a lost
+    /// connection or a server restart).
+    pub fn reconnects(&self) -> u64 {
+        self.inner
+            .conn
+            .opened
+            .load(Ordering::Relaxed)
+            .saturating_sub(1)
     }
 
     /// Whether the channel is connected, as far as the client knows: a connection is open and the

@@ -146,6 +146,8 @@ pub struct Conn {
     pub generation: u32,
     /// When the current request started.
     pub started: Instant,
+    /// Timing, status and size of the current request, for the metrics and the access log.
+    pub mark: crate::metrics::RequestMark,
 }
 
 impl Conn {
@@ -197,6 +199,7 @@ impl Conn {
             served: 0,
             generation: 0,
             started: now,
+            mark: crate::metrics::RequestMark::default(),
         }
     }
 

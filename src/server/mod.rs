@@ -93,6 +93,11 @@ pub fn load_config(conf_path: &std::path::Path) -> Result<(Snapshot, Vec<Applied
     let gw = config::load_gateway_all(conf_path).map_err(join)?;
     let mut apis = config::load_apis(&gw).map_err(join)?;
     let applied = bundle::apply_bundles(&gw, &mut apis);
+    // Metric label sets are resolved here, once per load, never per request.
+    let metrics = crate::metrics::registry();
+    for api in &mut apis {
+        api.metrics_slot = metrics.api_slot(&api.api_id, &api.name);
+    }
     Ok((
         Snapshot::new(Arc::new(gw), apis.into_iter().map(Arc::new).collect()),
         applied,
@@ -132,6 +137,15 @@ pub fn health_body(_shared: &Shared) -> String {
         "details": {}
     })
     .to_string()
+}
+
+/// The Prometheus exposition text: every worker's counters plus the plugin clients' counters.
+pub fn metrics_text(shared: &Shared) -> String {
+    let stats = crate::metrics::ProcessStats {
+        plugin_restarts: shared.pipe.as_ref().map(|p| p.restarts()),
+        grpc_reconnects: shared.grpc.as_ref().map(|g| g.reconnects()),
+    };
+    crate::metrics::render(crate::metrics::registry(), &stats)
 }
 
 /// Binds one listening socket with SO_REUSEPORT so that every worker can have its own.
@@ -250,6 +264,23 @@ pub fn start(
         store_jobs,
         store,
     });
+    if let (true, Some(maddr)) = (gw.metrics.enabled, gw.metrics.listen_address) {
+        let l = TcpListener::bind(maddr).map_err(|e| {
+            format!(
+                "{}: pipegate.metrics.listen_address: cannot listen on {maddr}: {e}",
+                shared.conf_path.display()
+            )
+        })?;
+        let bound_metrics = l.local_addr().map_err(|e| e.to_string())?;
+        let sh = Arc::clone(&shared);
+        crate::metrics::listener::spawn(
+            l,
+            gw.metrics.path.clone(),
+            Arc::new(move || metrics_text(&sh)),
+        )
+        .map_err(|e| format!("cannot start the metrics listener: {e}"))?;
+        tracing::info!("metrics on http://{bound_metrics}{}", gw.metrics.path);
+    }
     let mut listeners = vec![first];
     for _ in 1..gw.workers {
         listeners.push(bind(bound).map_err(|e| format!("cannot listen on {bound}: {e}"))?);

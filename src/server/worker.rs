@@ -36,6 +36,8 @@ use crate::proxy::{self, Outbound, Pool, Upstream};
 use crate::{admin, store, tls};
 use crossbeam_channel::{Receiver, Sender};
 
+mod observe;
+
 const LISTENER: Token = Token(usize::MAX - 1);
 const WAKER: Token = Token(usize::MAX - 2);
 /// How often deadlines are checked.
@@ -85,6 +87,8 @@ pub struct Worker {
     store_jobs: Option<(Sender<StoreJob>, Sender<StoreResult>)>,
     /// Results of store operations done on the store threads.
     store_replies: Option<Receiver<StoreResult>>,
+    /// This worker's metric cells.
+    metrics: crate::metrics::WorkerMetrics,
 }
 
 /// A store operation, run inline or on a store thread.
@@ -187,6 +191,7 @@ impl Worker {
                 waker: Arc::clone(&waker),
                 store_jobs,
                 store_replies,
+                metrics: crate::metrics::registry().worker(),
             },
             waker,
         ))
@@ -220,6 +225,7 @@ impl Worker {
             let current = self.shared.snapshot.load();
             if !Arc::ptr_eq(&current, &self.snapshot) {
                 self.snapshot = Arc::clone(&current);
+                self.metrics.sync();
             }
             drop(current);
             for ev in events.iter() {
@@ -269,6 +275,7 @@ impl Worker {
                 self.tick();
                 self.next_tick = self.now + TICK;
             }
+            self.metrics.set_connections(self.conns.len());
         }
         tracing::debug!(worker = self.id, "worker stopped");
     }
@@ -464,6 +471,7 @@ impl Worker {
     }
 
     fn close_conn(&mut self, ci: usize) {
+        self.end_request(ci);
         if let Some(mut c) = self.conns.try_remove(ci) {
             let _ = self.poll.registry().deregister(&mut c.sock);
             if let Some(ui) = c.up.take() {
@@ -485,7 +493,9 @@ impl Worker {
         if let Some(ui) = c.up.take() {
             self.close_upstream(ui);
         }
+        self.begin_request(ci);
         let c = &mut self.conns[ci];
+        c.mark.status = status;
         let close = close || c.close_after || !c.req_body_done || self.shared.closing();
         c.close_after |= close;
         response::write_error(&mut c.wbuf, status, message, close, c.head_req);
@@ -565,11 +575,13 @@ impl Worker {
         if c.pending_write() == 0 || !c.writable {
             return Ok(false);
         }
+        let before = c.pending_write();
         let moved = match c.tls.as_deref_mut() {
             None => flush(&mut c.sock, &mut c.wbuf, &mut c.wpos, &mut c.writable),
             Some(t) => tls::io::flush(t, &mut c.sock, &mut c.wbuf, &mut c.wpos, &mut c.writable),
         }
         .map_err(|_| Abort)?;
+        c.mark.bytes_out += (before - c.pending_write()) as u64;
         if moved && c.deadline_kind == Deadline::Write {
             c.deadline = Some(self.now + self.snapshot.gateway.limits.write_timeout);
         }
@@ -663,7 +675,9 @@ impl Worker {
     /// A complete head was parsed: route it and decide its path through the chain.
     fn start_request(&mut self, ci: usize) {
         let gw = Arc::clone(&self.snapshot.gateway);
+        self.begin_request(ci);
         let c = &mut self.conns[ci];
+        c.mark.head_parsed = true;
         c.started = self.now;
         c.http10 = c.head.http10;
         c.head_req = c.head.method.of(&c.rbuf) == b"HEAD";
@@ -698,14 +712,24 @@ impl Worker {
             }
             return;
         }
-        if path == "/hello" {
-            let body = super::health_body(&self.shared);
+        let metrics_here = gw.metrics.enabled && gw.metrics.listen_address.is_none();
+        let metrics_path = metrics_here && path == gw.metrics.path;
+        if path == "/hello" || metrics_path {
+            let (body, ctype) = if metrics_path {
+                (
+                    super::metrics_text(&self.shared),
+                    crate::metrics::CONTENT_TYPE,
+                )
+            } else {
+                (super::health_body(&self.shared), "application/json")
+            };
             let c = &mut self.conns[ci];
             let close = c.close_after;
+            c.mark.status = 200;
             response::Local {
                 status: 200,
                 headers: &[],
-                content_type: Some("application/json"),
+                content_type: Some(ctype),
                 body: body.as_bytes(),
                 close,
                 http10_keep_alive: c.http10 && !close,
@@ -818,6 +842,7 @@ impl Worker {
             return;
         };
         c.st = St::Proxy;
+        c.mark.upstream_sent.get_or_insert(self.now);
         let target = &api.target;
         let key = api
             .upstream_tls
@@ -1183,6 +1208,10 @@ impl Worker {
                 return Ok(true);
             }
             c.resp_head_done = true;
+            c.mark.upstream = c
+                .mark
+                .upstream_sent
+                .map(|t| self.now.saturating_duration_since(t));
             c.resp_kind = c.resp.body_kind(c.head_req);
             c.resp_remaining = match c.resp_kind {
                 BodyKind::Length(n) => n,
@@ -1221,6 +1250,7 @@ impl Worker {
                 }));
             } else {
                 write_response_head(c, &u.rbuf);
+                c.mark.status = c.resp.status;
                 c.resp_started = true;
             }
             u.rbuf.copy_within(hl..u.rlen, 0);
@@ -1342,6 +1372,8 @@ impl Worker {
         let c = &mut self.conns[ci];
         match c.st {
             St::Local if c.pending_write() == 0 && (c.req_body_done || c.close_after) => {
+                self.end_request(ci);
+                let c = &mut self.conns[ci];
                 if c.close_after {
                     if c.queue_close_notify() {
                         return Ok(true);
@@ -1359,6 +1391,8 @@ impl Worker {
                 Ok(true)
             }
             St::Close if c.pending_write() == 0 => {
+                self.end_request(ci);
+                let c = &mut self.conns[ci];
                 if c.queue_close_notify() {
                     return Ok(true);
                 }
@@ -1848,6 +1882,7 @@ impl Worker {
             grpc: via_grpc,
         });
         c.req.retry = retry;
+        c.mark.hook_sent = Some(self.now);
         c.st = St::Chain;
         // Safety net only: the client answers every call by its deadline.
         c.arm(Deadline::Hook, self.now + timeout + Duration::from_secs(2));
@@ -1893,6 +1928,8 @@ impl Worker {
             return;
         }
         c.req.pending = None;
+        self.hook_ended(ci, pending.hook, pending.grpc, &r.result);
+        let c = &mut self.conns[ci];
         if let Some(f) = c.req.spilled.take() {
             crate::coprocess::bodyfile::remove(&f);
         }
@@ -2062,6 +2099,7 @@ impl Worker {
         let close = close || c.close_after;
         let mut resp = resp;
         resp.headers.append(&mut c.req.resp_headers);
+        c.mark.status = resp.status;
         response::Local {
             status: resp.status,
             headers: &resp.headers,
