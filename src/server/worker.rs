@@ -317,6 +317,7 @@ impl Worker {
                         continue;
                     }
                     entry.insert(Conn::new(sock, tls, peer, self.now, idle));
+                    self.metrics.set_connections(self.conns.len());
                     // Edge-triggered: data may already be waiting.
                     self.conns[ci].readable = true;
                     self.drive(ci);

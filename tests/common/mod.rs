@@ -19,6 +19,9 @@
 //!   304), so keep-alive and pipelining are tested on one connection. [`req`] builds well-formed
 //!   requests; malformed ones are written as byte strings.
 //!
+//! - [`Metrics`]: a strict parser of Prometheus text exposition (0.0.4) for `/metrics`, with
+//!   [`Gateway::metrics`] and [`Gateway::wait_metrics`] to scrape it.
+//!
 //! Every blocking read has a timeout ([`IO_TIMEOUT`]), so a gateway that hangs fails the test
 //! instead of hanging it. Nothing here asserts on timing.
 
@@ -2273,4 +2276,348 @@ impl Drop for TlsUpstream {
             eprintln!("[harness] tls-upstream log:\n{}", self.stderr.text());
         }
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Prometheus text exposition
+// ---------------------------------------------------------------------------------------------
+
+/// One sample line: metric name, labels in written order, value.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sample {
+    pub name: String,
+    pub labels: Vec<(String, String)>,
+    pub value: f64,
+}
+
+/// A parsed `/metrics` page. [`Metrics::parse`] rejects anything a Prometheus server would
+/// reject, and more: every sample belongs to a family declared by `# TYPE` before it, families are
+/// contiguous, counters end in `_total`, histograms have ascending cumulative buckets ending in
+/// `le="+Inf"` equal to `_count`, and no series appears twice.
+#[derive(Debug, Clone, Default)]
+pub struct Metrics {
+    pub samples: Vec<Sample>,
+    /// Family name -> type.
+    pub types: BTreeMap<String, String>,
+}
+
+fn is_metric_name(n: &str) -> bool {
+    let mut chars = n.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_' || c == ':')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
+}
+
+fn is_label_name(n: &str) -> bool {
+    let mut chars = n.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+/// Parses the labels after a `{`: returns them and the bytes used, closing `}` included.
+fn parse_labels(text: &str) -> Result<(Vec<(String, String)>, usize), String> {
+    let bytes = text.as_bytes();
+    let mut labels: Vec<(String, String)> = Vec::new();
+    let mut i = 0;
+    loop {
+        if bytes.get(i) == Some(&b'}') {
+            return Ok((labels, i + 1));
+        }
+        let eq = text[i..].find('=').ok_or("label without '='")? + i;
+        let lname = &text[i..eq];
+        if !is_label_name(lname) {
+            return Err(format!("bad label name {lname:?}"));
+        }
+        if bytes.get(eq + 1) != Some(&b'"') {
+            return Err(format!("label {lname} value not quoted"));
+        }
+        let mut value = String::new();
+        i = eq + 2;
+        loop {
+            match *bytes.get(i).ok_or("unterminated label value")? {
+                b'\\' => {
+                    match bytes.get(i + 1) {
+                        Some(b'\\') => value.push('\\'),
+                        Some(b'"') => value.push('"'),
+                        Some(b'n') => value.push('\n'),
+                        other => return Err(format!("bad escape {other:?}")),
+                    }
+                    i += 2;
+                }
+                b'"' => {
+                    i += 1;
+                    break;
+                }
+                b'\n' => return Err("raw newline in a label value".into()),
+                _ => {
+                    let ch = text[i..].chars().next().ok_or("bad utf-8")?;
+                    value.push(ch);
+                    i += ch.len_utf8();
+                }
+            }
+        }
+        if labels.iter().any(|(n, _)| n == lname) {
+            return Err(format!("label {lname} twice"));
+        }
+        labels.push((lname.to_string(), value));
+        match bytes.get(i) {
+            Some(b',') => i += 1,
+            Some(b'}') => {}
+            other => {
+                return Err(format!(
+                    "expected ',' or '}}' after a label, found {:?}",
+                    other.map(|b| *b as char)
+                ))
+            }
+        }
+    }
+}
+
+/// Parses `name{a="x",b="y"} value` (labels optional, no timestamp).
+fn parse_sample(line: &str) -> Result<Sample, String> {
+    let name_end = line
+        .find(|c: char| c == '{' || c == ' ')
+        .ok_or("no value")?;
+    let name = &line[..name_end];
+    if !is_metric_name(name) {
+        return Err(format!("bad metric name {name:?}"));
+    }
+    let mut rest = &line[name_end..];
+    let mut labels = Vec::new();
+    if let Some(after) = rest.strip_prefix('{') {
+        let (l, used) = parse_labels(after)?;
+        labels = l;
+        rest = &after[used..];
+    }
+    let value_text = rest
+        .strip_prefix(' ')
+        .ok_or_else(|| format!("expected one space before the value in {line:?}"))?;
+    if value_text.contains(' ') {
+        return Err(format!(
+            "timestamps or extra fields are not expected: {line:?}"
+        ));
+    }
+    let value = match value_text {
+        "+Inf" => f64::INFINITY,
+        "-Inf" => f64::NEG_INFINITY,
+        "NaN" => f64::NAN,
+        v => v
+            .parse::<f64>()
+            .map_err(|e| format!("bad value {v:?}: {e}"))?,
+    };
+    Ok(Sample {
+        name: name.to_string(),
+        labels,
+        value,
+    })
+}
+
+/// The family a sample name belongs to, given the declared types.
+fn family_of<'a>(name: &'a str, types: &BTreeMap<String, String>) -> Option<&'a str> {
+    if types.contains_key(name) {
+        return Some(name);
+    }
+    for suffix in ["_bucket", "_sum", "_count"] {
+        if let Some(base) = name.strip_suffix(suffix) {
+            if types
+                .get(base)
+                .is_some_and(|t| t == "histogram" || t == "summary")
+            {
+                return Some(base);
+            }
+        }
+    }
+    None
+}
+
+impl Metrics {
+    /// Parses and validates a whole exposition page.
+    pub fn parse(text: &str) -> Result<Metrics, String> {
+        if !text.ends_with('\n') {
+            return Err("the page must end with a line feed".into());
+        }
+        let mut m = Metrics::default();
+        let mut helps = std::collections::BTreeSet::new();
+        let mut seen_families: Vec<String> = Vec::new();
+        let mut series = std::collections::BTreeSet::new();
+        for (n, line) in text.lines().enumerate() {
+            let at = |e: String| format!("line {}: {e}: {line:?}", n + 1);
+            if line.is_empty() {
+                continue;
+            }
+            if let Some(c) = line.strip_prefix("# ") {
+                let mut parts = c.splitn(3, ' ');
+                let kind = parts.next().unwrap_or_default();
+                let name = parts.next().unwrap_or_default().to_string();
+                let rest = parts.next().unwrap_or_default();
+                match kind {
+                    "HELP" => {
+                        if !is_metric_name(&name) || !helps.insert(name.clone()) {
+                            return Err(at("bad or repeated HELP".into()));
+                        }
+                    }
+                    "TYPE" => {
+                        if !["counter", "gauge", "histogram", "summary", "untyped"].contains(&rest)
+                        {
+                            return Err(at(format!("unknown type {rest:?}")));
+                        }
+                        if !is_metric_name(&name) || m.types.contains_key(&name) {
+                            return Err(at("bad or repeated TYPE".into()));
+                        }
+                        if rest == "counter" && !name.ends_with("_total") {
+                            return Err(at("counter names end in _total".into()));
+                        }
+                        m.types.insert(name, rest.to_string());
+                    }
+                    _ => {}
+                }
+                continue;
+            }
+            if line.starts_with('#') {
+                continue;
+            }
+            let s = parse_sample(line).map_err(at)?;
+            let fam = family_of(&s.name, &m.types)
+                .ok_or_else(|| at("sample before (or without) its # TYPE".into()))?
+                .to_string();
+            if seen_families.last() != Some(&fam) {
+                if seen_families.contains(&fam) {
+                    return Err(at(format!("family {fam} is not contiguous")));
+                }
+                seen_families.push(fam.clone());
+            }
+            if m.types[&fam] == "histogram"
+                && s.name.ends_with("_bucket")
+                && !s.labels.iter().any(|(k, _)| k == "le")
+            {
+                return Err(at("bucket without le".into()));
+            }
+            let key = format!("{}{:?}", s.name, s.labels);
+            if !series.insert(key) {
+                return Err(at("series repeated".into()));
+            }
+            m.samples.push(s);
+        }
+        m.check_histograms()?;
+        Ok(m)
+    }
+
+    fn check_histograms(&self) -> Result<(), String> {
+        for (fam, t) in &self.types {
+            if t != "histogram" {
+                continue;
+            }
+            let bucket = format!("{fam}_bucket");
+            let mut by_set: BTreeMap<Vec<(String, String)>, Vec<(f64, f64)>> = BTreeMap::new();
+            for s in self.samples.iter().filter(|s| s.name == bucket) {
+                let le = s
+                    .labels
+                    .iter()
+                    .find(|(k, _)| k == "le")
+                    .map(|(_, v)| v.as_str())
+                    .unwrap_or_default();
+                let le = if le == "+Inf" {
+                    f64::INFINITY
+                } else {
+                    le.parse::<f64>()
+                        .map_err(|e| format!("{fam}: bad le {le:?}: {e}"))?
+                };
+                let set: Vec<_> = s
+                    .labels
+                    .iter()
+                    .filter(|(k, _)| k != "le")
+                    .cloned()
+                    .collect();
+                by_set.entry(set).or_default().push((le, s.value));
+            }
+            for (set, buckets) in &by_set {
+                for w in buckets.windows(2) {
+                    if w[1].0 <= w[0].0 || w[1].1 < w[0].1 {
+                        return Err(format!(
+                            "{fam}{set:?}: buckets not ascending and cumulative: {buckets:?}"
+                        ));
+                    }
+                }
+                let last = buckets.last().copied().unwrap_or((0.0, 0.0));
+                if last.0 != f64::INFINITY {
+                    return Err(format!("{fam}{set:?}: no +Inf bucket"));
+                }
+                let count = self.value(&format!("{fam}_count"), &pairs(set));
+                if count != Some(last.1) {
+                    return Err(format!(
+                        "{fam}{set:?}: _count {count:?} differs from the +Inf bucket {}",
+                        last.1
+                    ));
+                }
+                if self.value(&format!("{fam}_sum"), &pairs(set)).is_none() {
+                    return Err(format!("{fam}{set:?}: no _sum"));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The value of the series `name` with exactly `labels` (any order), if present.
+    pub fn value(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+        self.samples
+            .iter()
+            .find(|s| {
+                s.name == name
+                    && s.labels.len() == labels.len()
+                    && labels
+                        .iter()
+                        .all(|(k, v)| s.labels.iter().any(|(a, b)| a == k && b == v))
+            })
+            .map(|s| s.value)
+    }
+
+    /// Like [`Metrics::value`], 0 when absent (pipegate emits a series once it is non-zero).
+    pub fn get(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        self.value(name, labels).unwrap_or(0.0)
+    }
+}
+
+fn pairs(set: &[(String, String)]) -> Vec<(&str, &str)> {
+    set.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect()
+}
+
+/// GETs `path` from `addr` and parses it as a metrics page (panics with the page on any problem).
+pub fn scrape(addr: SocketAddr, path: &str) -> Metrics {
+    let mut c = Client::connect(addr);
+    let r = c.request(&req("GET", path).close().to_bytes());
+    assert_eq!(r.status, 200, "scrape {path}: {r:?}");
+    assert_eq!(
+        r.header("content-type"),
+        Some("text/plain; version=0.0.4; charset=utf-8"),
+        "{r:?}"
+    );
+    let text = r.text();
+    Metrics::parse(&text).unwrap_or_else(|e| panic!("invalid exposition: {e}\n{text}"))
+}
+
+impl Gateway {
+    /// Scrapes `/metrics` on the main listener.
+    pub fn metrics(&self) -> Metrics {
+        scrape(self.addr, "/metrics")
+    }
+
+    /// Scrapes `/metrics` until `cond` holds (see [`wait_scrape`]).
+    pub fn wait_metrics(&self, cond: impl Fn(&Metrics) -> bool) -> Metrics {
+        wait_scrape(self.addr, "/metrics", cond)
+    }
+}
+
+/// Scrapes until `cond` holds (counters are bumped just after the response bytes leave, so a
+/// client can be a hair ahead of them); panics with the last page after [`IO_TIMEOUT`].
+pub fn wait_scrape(addr: SocketAddr, path: &str, cond: impl Fn(&Metrics) -> bool) -> Metrics {
+    let mut last = scrape(addr, path);
+    let ok = wait_until(IO_TIMEOUT, || {
+        last = scrape(addr, path);
+        cond(&last)
+    });
+    assert!(ok, "metrics never reached the expected values: {last:#?}");
+    last
 }
