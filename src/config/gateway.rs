@@ -673,7 +673,7 @@ fn metrics_options(pg: &Obj<'_>, issues: &mut Issues) -> MetricsOptions {
     let m = issues.take(pg.obj("metrics"), Obj::empty("pipegate.metrics"));
     for key in m.unknown_keys(KNOWN_METRICS) {
         issues.push(
-            format!("pipegate.metrics.{key}"),
+            key,
             format!(
                 "unknown metrics setting; known ones are {}",
                 KNOWN_METRICS.join(", ")

@@ -226,6 +226,67 @@ fn pipegate_settings_and_overrides() {
 }
 
 #[test]
+fn observability_settings_tyk_keys_and_defaults() {
+    let s = Scratch::new("obs");
+    let gw = load_gateway(&s.conf("{}")).unwrap();
+    assert_eq!(
+        gw.metrics,
+        crate::config::MetricsOptions {
+            enabled: true,
+            path: "/metrics".into(),
+            listen_address: None
+        }
+    );
+    assert_eq!(gw.log_level, None);
+    assert!(!gw.access_log.enabled);
+    assert!(gw.access_log.has("status") && gw.access_log.has("upstream_addr"));
+
+    // Tyk's top-level log_format wins over pipegate.log_format.
+    let gw = load_gateway(&s.conf(
+        r#"{"log_format": "json", "log_level": "warn",
+            "access_logs": {"enabled": true, "template": ["api_key", "status", "path"]},
+            "pipegate": {"log_format": "text",
+                         "metrics": {"enabled": false, "path": "/m", "listen_address": "127.0.0.1:9100"}}}"#,
+    ))
+    .unwrap();
+    assert_eq!(gw.log_format, LogFormat::Json);
+    assert_eq!(gw.log_level.as_deref(), Some("warn"));
+    assert!(!gw.metrics.enabled);
+    assert_eq!(gw.metrics.path, "/m");
+    assert_eq!(gw.metrics.listen_address, Some("127.0.0.1:9100".parse().unwrap()));
+    assert!(gw.access_log.enabled);
+    assert!(gw.access_log.has("status") && gw.access_log.has("path"));
+    assert!(!gw.access_log.has("method"), "only the template's fields");
+}
+
+#[test]
+fn observability_errors_name_the_field() {
+    let s = Scratch::new("obserr");
+    let conf = s.conf(
+        r#"{"log_level": "loud", "log_format": "xml",
+            "access_logs": {"template": ["status", "nonsense"]},
+            "pipegate": {"metrics": {"path": "metrics", "listen_address": "nowhere", "port": 1}}}"#,
+    );
+    let errs = load_gateway_all(&conf).unwrap_err();
+    let file = conf.display().to_string();
+    let msgs = messages(&errs);
+    for prefix in [
+        "log_level: \"loud\" is not a log level",
+        "log_format: \"xml\" is not a log format",
+        "access_logs.template[1]: \"nonsense\" is not an access log field",
+        "pipegate.metrics.path: \"metrics\" is not a usable path",
+        "pipegate.metrics.listen_address: \"nowhere\" is not a host:port address",
+        "pipegate.metrics.port: unknown metrics setting",
+    ] {
+        let want = format!("{file}: {prefix}");
+        assert!(
+            msgs.iter().any(|m| m.starts_with(&want)),
+            "missing {want:?} in {msgs:#?}"
+        );
+    }
+}
+
+#[test]
 fn relative_paths_resolve_against_the_conf_directory() {
     let s = Scratch::new("paths");
     let gw = load_gateway(&s.conf(

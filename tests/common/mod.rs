@@ -2379,7 +2379,7 @@ fn parse_labels(text: &str) -> Result<(Vec<(String, String)>, usize), String> {
 /// Parses `name{a="x",b="y"} value` (labels optional, no timestamp).
 fn parse_sample(line: &str) -> Result<Sample, String> {
     let name_end = line
-        .find(|c: char| c == '{' || c == ' ')
+        .find(['{', ' '])
         .ok_or("no value")?;
     let name = &line[..name_end];
     if !is_metric_name(name) {
@@ -2454,10 +2454,8 @@ impl Metrics {
                 let name = parts.next().unwrap_or_default().to_string();
                 let rest = parts.next().unwrap_or_default();
                 match kind {
-                    "HELP" => {
-                        if !is_metric_name(&name) || !helps.insert(name.clone()) {
-                            return Err(at("bad or repeated HELP".into()));
-                        }
+                    "HELP" if !is_metric_name(&name) || !helps.insert(name.clone()) => {
+                        return Err(at("bad or repeated HELP".into()));
                     }
                     "TYPE" => {
                         if !["counter", "gauge", "histogram", "summary", "untyped"].contains(&rest)
@@ -2511,7 +2509,9 @@ impl Metrics {
                 continue;
             }
             let bucket = format!("{fam}_bucket");
-            let mut by_set: BTreeMap<Vec<(String, String)>, Vec<(f64, f64)>> = BTreeMap::new();
+            // Label set without `le` -> (le, cumulative count) in written order.
+            type Buckets = Vec<(f64, f64)>;
+            let mut by_set: BTreeMap<Vec<(String, String)>, Buckets> = BTreeMap::new();
             for s in self.samples.iter().filter(|s| s.name == bucket) {
                 let le = s
                     .labels
