@@ -77,6 +77,17 @@ fn assert_success(out: &Output, what: &str) {
 
 /// Fails (never skips) when `node` or the Node SDK's dependencies are missing.
 fn require_node() {
+    require_node_binary();
+    let deps = repo("protocol/node/node_modules/@msgpack/msgpack");
+    assert!(
+        deps.is_dir(),
+        "{} is missing; run `npm ci` (or `npm install`) in protocol/node",
+        deps.display()
+    );
+}
+
+/// Fails (never skips) when `node` is missing.
+fn require_node_binary() {
     let ok = Command::new("node")
         .arg("--version")
         .stdout(Stdio::null())
@@ -86,12 +97,6 @@ fn require_node() {
     assert!(
         ok,
         "`node` (>= 20) is not on PATH; install Node.js to test the Node SDK"
-    );
-    let deps = repo("protocol/node/node_modules/@msgpack/msgpack");
-    assert!(
-        deps.is_dir(),
-        "{} is missing; run `npm ci` (or `npm install`) in protocol/node",
-        deps.display()
     );
 }
 
@@ -220,6 +225,61 @@ fn python_sdk_unittests_pass() {
     assert!(err.contains("\nOK"), "unittest did not report OK:\n{err}");
 }
 
+/// Packaging: `pip install` of protocol/python into a private directory (no dependencies fetched:
+/// msgpack is already there) gives the `pipegate-python-runner` script, and the Tyk-style example
+/// runs under it through the gateway with only that directory on PYTHONPATH.
+#[test]
+fn pip_installed_python_sdk_runs_a_plugin() {
+    let target = Sandbox::new("sdk-pip");
+    let site = target.dir().join("site");
+    let mut cmd = Command::new("python3");
+    cmd.args([
+        "-m",
+        "pip",
+        "install",
+        "--quiet",
+        "--no-deps",
+        "--no-build-isolation",
+        "--disable-pip-version-check",
+        "--target",
+    ])
+    .arg(&site)
+    .arg(repo("protocol/python"))
+    .current_dir(target.dir());
+    let out = run(cmd, "pip install --target <dir> protocol/python");
+    assert_success(&out, "pip install of the Python SDK");
+    let runner = site.join("bin").join("pipegate-python-runner");
+    assert!(
+        runner.is_file(),
+        "no console script at {}",
+        runner.display()
+    );
+    for module in [
+        "pipegate_plugin/runner.py",
+        "tyk/decorators.py",
+        "gateway.py",
+    ] {
+        assert!(site.join(module).is_file(), "{module} not installed");
+    }
+    let (gw, _echo, _sb) = start_env(
+        "sdk-pip-gw",
+        vec![
+            "python3".into(),
+            path_str(&runner),
+            path_str(&repo("protocol/python/examples/tyk_style_plugin.py")),
+        ],
+        json!({"PYTHONPATH": path_str(&site)}),
+        |up| {
+            vec![(
+                "pip",
+                pre_hook_api("pip", "/pip/", up, "python", "MyPreHook"),
+            )]
+        },
+    );
+    let e = upstream_saw(&gw.get("/pip/x"));
+    assert_eq!(e.header("X-Pipegate-Example"), Some("pre"), "{e:?}");
+}
+
 // ---------------------------------------------------------------------------------------------
 // Node
 // ---------------------------------------------------------------------------------------------
@@ -263,6 +323,59 @@ fn node_sdk_tests_pass() {
         text.contains("# fail 0"),
         "node --test reported failures:\n{text}"
     );
+}
+
+/// Packaging: `npm pack` of protocol/node makes a tarball that installs into an empty directory
+/// (its one dependency from the npm cache or registry), and the example shipped in it runs
+/// through the gateway from there.
+#[test]
+fn npm_packed_node_sdk_installs_and_its_example_runs() {
+    require_node_binary();
+    let dir = Sandbox::new("sdk-npm");
+    let mut cmd = Command::new("npm");
+    cmd.args(["pack", "--silent", "--pack-destination"])
+        .arg(dir.dir())
+        .current_dir(repo("protocol/node"));
+    let out = run(cmd, "npm pack");
+    assert_success(&out, "npm pack in protocol/node");
+    let tarball = dir.dir().join("pipegate-plugin-0.1.0.tgz");
+    assert!(tarball.is_file(), "npm pack made no {}", tarball.display());
+    let app = dir.dir().join("app");
+    std::fs::create_dir_all(&app).unwrap_or_else(|e| panic!("{}: {e}", app.display()));
+    let mut cmd = Command::new("npm");
+    cmd.args([
+        "install",
+        "--prefer-offline",
+        "--no-audit",
+        "--no-fund",
+        "--silent",
+    ])
+    .arg(&tarball)
+    .current_dir(&app);
+    let out = run(cmd, "npm install <tarball>");
+    assert_success(&out, "npm install of the packed Node SDK");
+    let pkg = app.join("node_modules").join("pipegate-plugin");
+    for f in [
+        "package.json",
+        "README.md",
+        "lib/index.js",
+        "lib/frame.js",
+        "examples/add_header.js",
+    ] {
+        assert!(pkg.join(f).is_file(), "{f} missing from the package");
+    }
+    assert!(
+        !pkg.join("test").exists() && !pkg.join("fixtures").exists(),
+        "tests are not shipped"
+    );
+    let (gw, _echo, _sb) = start_env(
+        "sdk-npm-gw",
+        vec!["node".into(), path_str(&pkg.join("examples/add_header.js"))],
+        json!({}),
+        |up| vec![("npm", pre_hook_api("npm", "/npm/", up, "pipe", "AddHeader"))],
+    );
+    let e = upstream_saw(&gw.get("/npm/x"));
+    assert_eq!(e.header("X-Pipegate-Node"), Some("1"), "{e:?}");
 }
 
 // ---------------------------------------------------------------------------------------------

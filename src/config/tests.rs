@@ -253,7 +253,10 @@ fn observability_settings_tyk_keys_and_defaults() {
     assert_eq!(gw.log_level.as_deref(), Some("warn"));
     assert!(!gw.metrics.enabled);
     assert_eq!(gw.metrics.path, "/m");
-    assert_eq!(gw.metrics.listen_address, Some("127.0.0.1:9100".parse().unwrap()));
+    assert_eq!(
+        gw.metrics.listen_address,
+        Some("127.0.0.1:9100".parse().unwrap())
+    );
     assert!(gw.access_log.enabled);
     assert!(gw.access_log.has("status") && gw.access_log.has("path"));
     assert!(!gw.access_log.has("method"), "only the template's fields");

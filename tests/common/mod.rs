@@ -2378,9 +2378,7 @@ fn parse_labels(text: &str) -> Result<(Vec<(String, String)>, usize), String> {
 
 /// Parses `name{a="x",b="y"} value` (labels optional, no timestamp).
 fn parse_sample(line: &str) -> Result<Sample, String> {
-    let name_end = line
-        .find(['{', ' '])
-        .ok_or("no value")?;
+    let name_end = line.find(['{', ' ']).ok_or("no value")?;
     let name = &line[..name_end];
     if !is_metric_name(name) {
         return Err(format!("bad metric name {name:?}"));
