@@ -529,3 +529,58 @@ fn the_exposition_parser_is_strict() {
         assert!(Metrics::parse(bad).is_err(), "accepted ({why}): {bad:?}");
     }
 }
+
+#[test]
+fn grpc_hooks_are_labelled_grpc_and_a_server_restart_counts_a_reconnect() {
+    let sb = Sandbox::new("obs-grpc");
+    let log = sb.dir().join("calls.log");
+    let listen = format!("unix://{}", sb.dir().join("plugin.sock").display());
+    let mut server = GrpcServer::start(&listen, &log, &[]);
+    let echo = EchoUpstream::start();
+    sb.write_conf(&conf_with(json!({"coprocess_options": {
+        "enable_coprocess": true,
+        "coprocess_grpc_server": server.target.clone(),
+        "hook_timeout_ms": 30000,
+    }})));
+    let mut api = keyless_api("g", "/g/", &format!("{}/", echo.url()));
+    api["custom_middleware"] = json!({"driver": "grpc", "pre": [{"name": "AddHeaders"}]});
+    sb.write_api("g", &api);
+    let gw = Gateway::start(&sb);
+
+    let r = gw.get("/g/a");
+    assert_eq!(r.status, 200, "{r:?}");
+    let g_pre = with(
+        api_labels("g", "test API g"),
+        &[("hook", "pre"), ("transport", "grpc")],
+    );
+    let m = gw.wait_metrics(|m| m.get(HOOK_COUNT, &g_pre) >= 1.0);
+    assert_eq!(m.get(HOOK_COUNT, &g_pre), 1.0);
+    assert_eq!(
+        m.get(
+            HOOK_COUNT,
+            &with(
+                api_labels("g", "test API g"),
+                &[("hook", "pre"), ("transport", "pipe")]
+            )
+        ),
+        0.0
+    );
+    assert_eq!(m.get("pipegate_grpc_reconnects_total", &[]), 0.0);
+
+    server.kill();
+    assert!(
+        wait_until(IO_TIMEOUT, || gw.get("/g/b").status == 500),
+        "requests never failed while the server was down"
+    );
+    let failed = [("hook", "pre"), ("transport", "grpc")];
+    let m = gw.wait_metrics(|m| m.get("pipegate_hook_failures_total", &failed) >= 1.0);
+    assert!(m.get("pipegate_hook_failures_total", &failed) >= 1.0);
+    let _server = GrpcServer::start(&listen, &log, &[]);
+    assert!(
+        wait_until(Duration::from_secs(60), || gw.get("/g/c").status == 200),
+        "never recovered: {}",
+        gw.log().text()
+    );
+    let m = gw.wait_metrics(|m| m.get("pipegate_grpc_reconnects_total", &[]) >= 1.0);
+    assert!(m.get("pipegate_grpc_reconnects_total", &[]) >= 1.0);
+}
