@@ -36,16 +36,24 @@ pub fn level_for(gw: Option<&GatewayConfig>) -> String {
 
 /// Installs the global subscriber writing to stderr. A second call does nothing.
 pub fn init(gw: Option<&GatewayConfig>) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+    // An empty RUST_LOG counts as unset (it would otherwise mean "errors only").
+    let from_env = env_first(&["RUST_LOG"])
+        .and_then(|_| tracing_subscriber::EnvFilter::try_from_default_env().ok());
+    let filter = from_env.unwrap_or_else(|| {
         let level = level_for(gw);
         tracing_subscriber::EnvFilter::try_new(&level).unwrap_or_else(|e| {
             eprintln!("pipegate: log level {level:?} is not usable ({e}); logging at info");
             tracing_subscriber::EnvFilter::new("info")
         })
     });
+    // A log line that cannot be written (stderr closed, e.g. piped into `head`) is dropped.
+    // By default the formatter reports that with `eprintln!`, which panics on the same closed
+    // stderr and kills the logging thread: a worker, or the signal thread, after which SIGTERM
+    // could no longer stop the gateway.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .log_internal_errors(false);
     match format_for(gw) {
         LogFormat::Json => {
             let _ = builder

@@ -584,3 +584,44 @@ fn grpc_hooks_are_labelled_grpc_and_a_server_restart_counts_a_reconnect() {
     let m = gw.wait_metrics(|m| m.get("pipegate_grpc_reconnects_total", &[]) >= 1.0);
     assert!(m.get("pipegate_grpc_reconnects_total", &[]) >= 1.0);
 }
+
+/// With stderr closed (the gateway piped into `head`, a log shipper gone), log lines are dropped:
+/// no thread dies of it, so SIGTERM still stops the gateway.
+#[test]
+fn a_closed_stderr_does_not_stop_shutdown() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+
+    let sb = Sandbox::new("obs-closed-stderr");
+    sb.write_conf(&base_conf());
+    let mut child = Command::new(pipegate_bin())
+        .arg("--conf")
+        .arg(sb.conf_path())
+        .env("RUST_LOG", "debug")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start the gateway: {e}"));
+    let stderr = child
+        .stderr
+        .take()
+        .unwrap_or_else(|| panic!("no stderr pipe"));
+    let mut lines = BufReader::new(stderr).lines();
+    let started = lines.any(|l| l.is_ok_and(|l| l.contains("pipegate listening on")));
+    assert!(started, "the gateway never reported its address");
+    drop(lines); // closes the read end: every later write to stderr fails with EPIPE
+    let pid = libc::pid_t::try_from(child.id()).unwrap_or_else(|_| panic!("pid"));
+    // SAFETY: kill(2) has no memory-safety preconditions; the child is not reaped yet, so the pid
+    // is still its own.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    let exited = wait_until(IO_TIMEOUT, || child.try_wait().is_ok_and(|s| s.is_some()));
+    if !exited {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    assert!(
+        exited,
+        "SIGTERM did not stop a gateway whose stderr is closed"
+    );
+}
