@@ -70,3 +70,40 @@ pub fn emit(opts: &AccessLogOptions, e: &Entry<'_>) {
         "access"
     );
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::config::ACCESS_LOG_FIELDS;
+
+    /// `emit` addresses fields by bit number; the names in tyk.conf's template map to bits by
+    /// their position in `ACCESS_LOG_FIELDS`. Both orders must stay the same.
+    #[test]
+    fn field_bits_match_the_template_names() {
+        let in_emit = [
+            "api_id",
+            "api_name",
+            "method",
+            "path",
+            "status",
+            "latency_total",
+            "upstream_latency",
+            "hook_latency",
+            "bytes_in",
+            "bytes_out",
+            "client_ip",
+            "remote_addr",
+            "host",
+            "protocol",
+            "user_agent",
+            "upstream_addr",
+        ];
+        assert_eq!(ACCESS_LOG_FIELDS, in_emit);
+        let src = include_str!("access_log.rs");
+        for (bit, name) in in_emit.iter().enumerate() {
+            let used = src.contains(&format!("{name} = pick(f, {bit},"))
+                || src.contains(&format!("{name} = on({bit})"))
+                || src.contains(&format!("{name} = if on({bit})"));
+            assert!(used, "{name} is not emitted under bit {bit}");
+        }
+    }
+}
