@@ -429,7 +429,15 @@ struct LiveGuard {
 impl Drop for LiveGuard {
     fn drop(&mut self) {
         let st = &self.state;
-        st.live.fetch_sub(1, Ordering::AcqRel);
+        if st.live.fetch_sub(1, Ordering::AcqRel) > 1 {
+            // Another connection is open (a reconnect raced the old connection's end, or two
+            // dials raced): the server state is that connection's, not this one's to clear.
+            tracing::debug!(
+                "extra connection to gRPC plugin server {} closed",
+                st.target
+            );
+            return;
+        }
         let answered = st.answered.swap(false, Ordering::AcqRel);
         let lived = self.opened.elapsed();
         if !answered && lived < QUICK_CLOSE {
