@@ -39,8 +39,16 @@ impl Span {
         std::str::from_utf8(self.of(buf)).unwrap_or("")
     }
 
+    /// The position of `sub` inside `base`. httparse hands back slices of the buffer, except
+    /// for a few static strings (e.g. an empty reason phrase when the sent one is not UTF-8):
+    /// anything outside `base` becomes an empty span instead of an overflowing subtraction.
     fn from_sub(base: &[u8], sub: &[u8]) -> Span {
-        let start = sub.as_ptr() as usize - base.as_ptr() as usize;
+        let b = base.as_ptr() as usize;
+        let p = sub.as_ptr() as usize;
+        if p < b || p + sub.len() > b + base.len() {
+            return Span { start: 0, end: 0 };
+        }
+        let start = p - b;
         Span {
             start,
             end: start + sub.len(),
@@ -498,6 +506,18 @@ impl ResponseHead {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn non_utf8_reason_phrase_is_an_empty_span_not_an_overflow() {
+        // Found by the fuzz smoke run: httparse returns a static "" for such a reason.
+        let raw = b"HTTP/1.0 204 \xb2\x98 Content\r\nContent-Length: 0\r\n\r\n";
+        let mut head = ResponseHead::default();
+        assert!(matches!(
+            parse_response(raw, &mut head, 8192),
+            Ok(true) | Err(_)
+        ));
+        assert!(head.reason.end <= raw.len());
+    }
 
     fn parse(s: &str) -> Result<RequestHead, HttpError> {
         let mut h = RequestHead::default();
