@@ -313,6 +313,18 @@ impl Conn {
 
     /// Resets per-request state for the next request on a keep-alive connection, moving any
     /// pipelined bytes to the front of the read buffer.
+    /// The request as the middleware chain sees it: the parsed head, this request's edits and
+    /// buffered body.
+    pub fn request_view(&self) -> crate::middleware::chain::RequestView<'_> {
+        crate::middleware::chain::RequestView {
+            buf: &self.rbuf,
+            head: &self.head,
+            edits: self.req.edits.as_deref(),
+            body: &self.req.body,
+            scheme: self.scheme(),
+        }
+    }
+
     pub fn reset_for_next(&mut self) {
         let consumed = self.head.head_len;
         self.rbuf.copy_within(consumed..self.rlen, 0);

@@ -1457,13 +1457,7 @@ impl Worker {
         }
         let send_body = self.snapshot.gateway.coprocess.send_body;
         let c = &self.conns[ci];
-        let view = RequestView {
-            buf: &c.rbuf,
-            head: &c.head,
-            edits: c.req.edits.as_deref(),
-            body: &c.req.body,
-            scheme: c.scheme(),
-        };
+        let view = c.request_view();
         let obj =
             chain::request_object(hook, def, &api, &view, c.req.session.as_deref(), send_body);
         self.dispatch(ci, hook, def, obj);
@@ -1495,13 +1489,7 @@ impl Worker {
         if threshold > 0 && c.req.body.len() >= threshold && pipe.supports_mmap() {
             return false;
         }
-        let view = RequestView {
-            buf: &c.rbuf,
-            head: &c.head,
-            edits: c.req.edits.as_deref(),
-            body: &c.req.body,
-            scheme: c.scheme(),
-        };
+        let view = c.request_view();
         let session = c.req.session.as_deref();
         let Some(obj) = RequestHookObject::new(hook, def, api, &view, session, cp.send_body) else {
             return false;
@@ -2071,13 +2059,7 @@ impl Worker {
         let Some(resp) = c.req.response.as_deref() else {
             return;
         };
-        let view = RequestView {
-            buf: &c.rbuf,
-            head: &c.head,
-            edits: c.req.edits.as_deref(),
-            body: &c.req.body,
-            scheme: c.scheme(),
-        };
+        let view = c.request_view();
         let obj =
             chain::response_object(def, &api, &view, c.req.session.as_deref(), resp, send_body);
         self.dispatch(ci, HookType::Response, def, obj);
