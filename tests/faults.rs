@@ -441,7 +441,14 @@ fn ten_thousand_connections_at_once() {
     raise_nofile_limit(2 * CONNS as u64 + 1000);
     let sb = Sandbox::new("10k");
     let echo = EchoUpstream::start();
-    sb.write_conf(&base_conf());
+    // Under 10k requests at once the echo upstream's accept queue overflows; a request whose
+    // upstream connection then stalls is answered 504 after `proxy_default_timeout`. Keep that
+    // well below the client's read timeout, so a silent connection can only mean a gateway that
+    // lost the request (with the 30 s default the two timeouts raced).
+    let upstream_timeout_s = IO_TIMEOUT.as_secs_f64() / 3.0;
+    sb.write_conf(&conf_with(
+        json!({ "proxy_default_timeout": upstream_timeout_s }),
+    ));
     sb.write_api(
         "echo",
         &keyless_api("echo", "/echo/", &format!("{}/", echo.url())),
