@@ -557,19 +557,3 @@ fn assert_serves_plain(gw: &Gateway) {
         assert_eq!(r.header("x-echo-token"), Some(tok.as_str()));
     }
 }
-
-/// Raises this process's RLIMIT_NOFILE soft limit towards `want` (up to the hard limit); child
-/// processes started afterwards (the gateway, the upstream) inherit it.
-fn raise_nofile_limit(want: u64) {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit/setrlimit only read and write the struct passed by reference.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < want {
-            lim.rlim_cur = want.min(lim.rlim_max);
-            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
-        }
-    }
-}

@@ -63,8 +63,9 @@ pub enum Deadline {
     Hook,
 }
 
-/// Per-connection state. Buffers are allocated once per connection and reused by every request on
-/// it, so a keep-alive request costs no allocation here.
+/// Per-connection state. The buffers come from the worker's [`super::buffers::BufferPool`]:
+/// lent when bytes arrive, parked again while the connection idles between requests, so a
+/// keep-alive request costs no allocation here and an idle connection holds no buffer.
 pub struct Conn {
     /// Client socket.
     pub sock: TcpStream,
@@ -163,9 +164,10 @@ impl Conn {
             sock,
             tls,
             peer,
-            rbuf: vec![0; CLIENT_BUF],
+            // Lent by the worker's buffer pool when the first bytes arrive.
+            rbuf: Vec::new(),
             rlen: 0,
-            wbuf: Vec::with_capacity(CLIENT_BUF),
+            wbuf: Vec::new(),
             wpos: 0,
             readable: false,
             writable: false,

@@ -4,6 +4,7 @@
 //! kernel spreads connections over workers and nothing on the request path is shared but the
 //! read-only configuration snapshot (an `ArcSwap`, swapped whole on reload).
 
+mod buffers;
 mod conn;
 mod worker;
 

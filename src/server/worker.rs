@@ -19,6 +19,7 @@ use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Token, Waker};
 use slab::Slab;
 
+use super::buffers::BufferPool;
 use super::conn::{BodySink, Conn, Deadline, St, MAX_PENDING_CLIENT, MAX_PENDING_UPSTREAM};
 use super::Shared;
 use crate::config::{ApiDefinition, GatewayConfig, HookDef, Snapshot};
@@ -70,6 +71,8 @@ pub struct Worker {
     conns: Slab<Conn>,
     ups: Slab<Upstream>,
     pool: Pool,
+    /// Spare client buffers, parked by idle connections.
+    buffers: BufferPool,
     shared: Arc<Shared>,
     snapshot: Arc<Snapshot>,
     now: Instant,
@@ -177,9 +180,13 @@ impl Worker {
                 id,
                 poll,
                 listener: Some(listener),
-                conns: Slab::with_capacity(1024),
+                // Address space for every connection the worker may hold, so the table never
+                // moves: a growing table would copy itself and leave its old copies' pages in
+                // the heap (untouched capacity costs no memory).
+                conns: Slab::with_capacity(snapshot.gateway.limits.max_connections_per_worker),
                 ups: Slab::with_capacity(256),
                 pool: Pool::default(),
+                buffers: BufferPool::default(),
                 shared,
                 snapshot,
                 now,
@@ -318,8 +325,11 @@ impl Worker {
                     }
                     entry.insert(Conn::new(sock, tls, peer, self.now, idle));
                     self.metrics.set_connections(self.conns.len());
-                    // Edge-triggered: data may already be waiting.
+                    // Edge-triggered: data may already be waiting, and a fresh socket has room
+                    // to write (an answer to a request that came with the SYN goes out now,
+                    // and the connection can go idle and park its buffers at once).
                     self.conns[ci].readable = true;
+                    self.conns[ci].writable = true;
                     self.drive(ci);
                 }
                 Err(e) if e.kind() == ErrorKind::WouldBlock => return,
@@ -475,6 +485,7 @@ impl Worker {
         self.end_request(ci);
         if let Some(mut c) = self.conns.try_remove(ci) {
             let _ = self.poll.registry().deregister(&mut c.sock);
+            self.buffers.reclaim(&mut c);
             if let Some(ui) = c.up.take() {
                 self.close_upstream(ui);
             }
@@ -514,7 +525,12 @@ impl Worker {
             }
             match self.step(ci) {
                 Ok(true) => continue,
-                Ok(false) => return,
+                Ok(false) => {
+                    if let Some(c) = self.conns.get_mut(ci) {
+                        self.buffers.park_if_idle(c);
+                    }
+                    return;
+                }
                 Err(Abort) => {
                     self.close_conn(ci);
                     return;
@@ -611,6 +627,7 @@ impl Worker {
         if (!c.readable && c.tls.is_none()) || c.eof || !Self::wants_input(c, max_head) {
             return Ok(false);
         }
+        self.buffers.lend(c);
         if c.rlen == c.rbuf.len() {
             if c.st == St::Head && c.rbuf.len() < max_head + 1 {
                 let grow = (c.rbuf.len() * 2).min(max_head + 1);
