@@ -336,6 +336,45 @@ impl OutQueue {
             return Err(EnqueueError::Backlog);
         }
         encode(&mut ob.buf).map_err(EnqueueError::Frame)?;
+        self.write_queued(ob);
+        Ok(())
+    }
+
+    /// Appends a frame without writing it: the caller batches the frames of one event-loop round
+    /// and writes them with one [`OutQueue::flush`] (one write for the child to read, one batch
+    /// of replies back), instead of one write per call.
+    fn enqueue_deferred(
+        &self,
+        encode: impl FnOnce(&mut Vec<u8>) -> Result<usize, FrameError>,
+    ) -> Result<(), EnqueueError> {
+        let mut ob = self.m.lock();
+        if ob.closed || ob.gone {
+            return Err(EnqueueError::Closed);
+        }
+        if ob.buf.len() > self.backlog_limit {
+            return Err(EnqueueError::Backlog);
+        }
+        encode(&mut ob.buf).map_err(EnqueueError::Frame)?;
+        self.has_data.store(true, Ordering::Release);
+        Ok(())
+    }
+
+    /// Writes what [`OutQueue::enqueue_deferred`] queued (nothing to do when the queue is empty,
+    /// which costs one atomic load).
+    fn flush(&self) {
+        if !self.has_data.load(Ordering::Acquire) {
+            return;
+        }
+        let ob = self.m.lock();
+        if ob.buf.is_empty() || ob.closed || ob.gone {
+            return;
+        }
+        self.write_queued(ob);
+    }
+
+    /// Gets the queued frames written: inline (non-blocking, by this thread) when inline writes
+    /// are on and no write is in progress, else by waking the writer thread.
+    fn write_queued<'a>(&'a self, mut ob: parking_lot::MutexGuard<'a, OutBuf>) {
         if !self.inline || ob.writing {
             self.has_data.store(true, Ordering::Release);
             let wake = ob.parked && !ob.writing;
@@ -343,7 +382,7 @@ impl OutQueue {
             if wake {
                 self.cv.notify_one();
             }
-            return Ok(());
+            return;
         }
         // Inline write: take the token and the queue.
         ob.writing = true;
@@ -378,7 +417,6 @@ impl OutQueue {
         if wake {
             self.cv.notify_one();
         }
-        Ok(())
     }
 
     /// Writes as much of `data` as the pipe takes without blocking; errors count as "nothing
@@ -537,6 +575,38 @@ impl PipeClient {
         deadline: Instant,
         object: &T,
     ) -> u64 {
+        self.dispatch_to(worker, tag, deadline, object, false)
+    }
+
+    /// Like [`PipeClient::dispatch`], but the frame is only queued: it reaches the child at the
+    /// caller's next [`PipeClient::flush`]. An event loop dispatches every call of one round
+    /// this way and flushes once before it waits, so the child gets the round's calls in one
+    /// write and answers them in one batch. The caller must flush before it blocks.
+    pub fn dispatch_deferred<T: serde::Serialize + ?Sized>(
+        &self,
+        worker: usize,
+        tag: u64,
+        deadline: Instant,
+        object: &T,
+    ) -> u64 {
+        self.dispatch_to(worker, tag, deadline, object, true)
+    }
+
+    /// Writes the frames queued by [`PipeClient::dispatch_deferred`] (cheap when there are none).
+    pub fn flush(&self) {
+        if let Some(g) = self.inner.current.read().as_ref() {
+            g.out.flush();
+        }
+    }
+
+    fn dispatch_to<T: serde::Serialize + ?Sized>(
+        &self,
+        worker: usize,
+        tag: u64,
+        deadline: Instant,
+        object: &T,
+        deferred: bool,
+    ) -> u64 {
         let inner = &self.inner;
         let id = inner.next_id.fetch_add(1, Ordering::Relaxed);
         let gen = inner.current.read().clone();
@@ -553,7 +623,13 @@ impl PipeClient {
             },
         );
         let max = inner.opts.max_frame_bytes;
-        if let Err(e) = gen.out.enqueue(|buf| encode_dispatch(buf, id, object, max)) {
+        let encode = |buf: &mut Vec<u8>| encode_dispatch(buf, id, object, max);
+        let queued = if deferred {
+            gen.out.enqueue_deferred(encode)
+        } else {
+            gen.out.enqueue(encode)
+        };
+        if let Err(e) = queued {
             let err = match e {
                 EnqueueError::Closed => CallError::ChildDied,
                 EnqueueError::Backlog => {

@@ -180,10 +180,16 @@ impl Worker {
                 id,
                 poll,
                 listener: Some(listener),
-                // Address space for every connection the worker may hold, so the table never
-                // moves: a growing table would copy itself and leave its old copies' pages in
-                // the heap (untouched capacity costs no memory).
-                conns: Slab::with_capacity(snapshot.gateway.limits.max_connections_per_worker),
+                // Address space for every connection the worker may hold (up to 64k), so the
+                // table never moves: a growing table would copy itself and leave its old copies'
+                // pages in the heap. Untouched capacity costs address space, not memory.
+                conns: Slab::with_capacity(
+                    snapshot
+                        .gateway
+                        .limits
+                        .max_connections_per_worker
+                        .min(1 << 16),
+                ),
                 ups: Slab::with_capacity(256),
                 pool: Pool::default(),
                 buffers: BufferPool::default(),
@@ -222,6 +228,10 @@ impl Worker {
             } else {
                 Some(self.next_tick.saturating_duration_since(Instant::now()))
             };
+            // The hook calls of this round go to the plugin in one write (see dispatch_deferred).
+            if let Some((pipe, _)) = &self.pipe {
+                pipe.flush();
+            }
             if let Err(e) = self.poll.poll(&mut events, timeout) {
                 if e.kind() != ErrorKind::Interrupted {
                     tracing::error!(worker = self.id, "poll failed: {e}");
@@ -1513,7 +1523,7 @@ impl Worker {
         };
         let timeout = def.timeout.unwrap_or(cp.hook_timeout);
         let deadline = self.now + timeout;
-        let id = pipe.dispatch(handle.id, tag_of(ci, c.generation), deadline, &obj);
+        let id = pipe.dispatch_deferred(handle.id, tag_of(ci, c.generation), deadline, &obj);
         self.park_on_call(ci, id, hook, def, false, None);
         true
     }
@@ -1855,7 +1865,7 @@ impl Worker {
                 if threshold > 0 && pipe.supports_mmap() {
                     c.req.spilled = spill_large_body(&mut obj, threshold);
                 }
-                pipe.dispatch(handle.id, tag, deadline, &obj)
+                pipe.dispatch_deferred(handle.id, tag, deadline, &obj)
             }
             _ => {
                 self.local_error(ci, 500, "Internal Server Error", false);
