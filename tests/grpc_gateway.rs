@@ -848,6 +848,16 @@ fn proto3_empty_and_fresh_objects_follow_tyk() {
             "Pre FreshObject"
         ]
     );
+    // The 500 comes from the fresh object's empty url (Tyk: ParseRequestURI fails), not from a
+    // failed call.
+    assert!(
+        env.gw
+            .log()
+            .text()
+            .contains("plugin returned an invalid url"),
+        "{}",
+        env.gw.log().text()
+    );
 }
 
 // ---------------------------------------------------------------------------------------------

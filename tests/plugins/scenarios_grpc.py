@@ -113,8 +113,11 @@ def make_dispatcher(pb, pb_grpc, json_format, descriptor):
     def empty_object(_obj, _context):
         return pb.Object()
 
+    # MiniRequestObject lives in its own generated module (the stubs directory is on sys.path).
+    import coprocess_mini_request_object_pb2 as mini_pb
+
     def fresh_object(_obj, _context):
-        return pb.Object(request=pb.MiniRequestObject(set_headers={"X-Fresh": "1"}))
+        return pb.Object(request=mini_pb.MiniRequestObject(set_headers={"X-Fresh": "1"}))
 
     def big_reply(obj, _context):
         size = int(obj.request.params.get("bytes", "0"))
