@@ -7,6 +7,7 @@
 #
 #   benches/loadtest.sh                 # defaults: 3 rounds x 5 s, 32 connections, 1 worker each
 #   ROUNDS=5 DURATION=10 CONNS=64 WORKERS=2 benches/loadtest.sh
+#   LAT_CONNS=4 (default) sets the connections of the moderate-load latency phase that follows.
 #
 # Needs nginx (Debian's nginx-light + libnginx-mod-http-js), wrk and python3 with msgpack; installs
 # them with apt/pip when missing and running as root. Everything listens on 127.0.0.1 only.
@@ -131,7 +132,27 @@ for r in $(seq 1 "$ROUNDS"); do
   done
 done
 
-python3 - "$RESULTS" <<'EOF'
+# Added latency per hook at moderate load: a few connections, each waiting 1 ms between requests
+# (wrk's delay() hook), so the gateway is far from saturated; latency is measured per request
+# from its write, without the delay. The hook's added latency is the difference to no plugin.
+LAT_CONNS=${LAT_CONNS:-4}
+cat > "$WORK/delay.lua" <<'LUA'
+function delay() return 1 end
+LUA
+LATENCY="$WORK/latency.txt"
+LAT_ORDER=(pipegate pipegate_rust_hook pipegate_python_hook pipegate_grpc_hook)
+for r in $(seq 1 "$ROUNDS"); do
+  for name in "${LAT_ORDER[@]}"; do
+    out=$(wrk -t1 -c"$LAT_CONNS" -d"${DURATION}s" --latency -s "$WORK/delay.lua" "${URLS[$name]}")
+    rps=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
+    p50=$(echo "$out" | awk '$1=="50%" {print $2}')
+    p99=$(echo "$out" | awk '$1=="99%" {print $2}')
+    echo "$name $rps $p50 $p99" >> "$LATENCY"
+    echo "latency round $r: $name rps=$rps p50=$p50 p99=$p99"
+  done
+done
+
+python3 - "$RESULTS" "$LATENCY" "$LAT_CONNS" <<'EOF'
 import statistics, sys
 def us(v):
     for suf, f in (("us", 1), ("ms", 1000), ("s", 1e6)):
@@ -150,4 +171,14 @@ for n, rs in rows.items():
     print("%-22s %10.0f %9.0f %9.0f %9.2fx %9.2fx" % (
         n, rps, statistics.median(r[1] for r in rs), statistics.median(r[2] for r in rs),
         rps / base, rps / njs))
+lat = {}
+for line in open(sys.argv[2]):
+    n, rps, p50, p99 = line.split()
+    lat.setdefault(n, []).append((float(rps), us(p50), us(p99)))
+med = {n: tuple(statistics.median(r[i] for r in rs) for i in range(3)) for n, rs in lat.items()}
+plain = med["pipegate"]
+print("\nmoderate load (%s connections, 1 ms between requests each): added latency per hook" % sys.argv[3])
+print("%-22s %10s %9s %9s %12s %12s" % ("target", "rps", "p50 us", "p99 us", "+p50 us", "+p99 us"))
+for n, (rps, p50, p99) in med.items():
+    print("%-22s %10.0f %9.1f %9.1f %12.1f %12.1f" % (n, rps, p50, p99, p50 - plain[1], p99 - plain[2]))
 EOF
