@@ -114,3 +114,86 @@ impl BufferPool {
         self.spares.len()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, Instant};
+
+    /// A connection over a real loopback socket (Conn owns a mio stream).
+    fn conn() -> (Conn, std::net::TcpStream) {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let client = std::net::TcpStream::connect(l.local_addr().expect("addr")).expect("connect");
+        let (server, peer) = l.accept().expect("accept");
+        let sock = mio::net::TcpStream::from_std(server);
+        let c = Conn::new(sock, None, peer, Instant::now(), Duration::from_secs(5));
+        (c, client)
+    }
+
+    #[test]
+    fn a_new_connection_owns_nothing_until_lent() {
+        let mut pool = BufferPool::default();
+        let (mut c, _peer) = conn();
+        assert_eq!(c.rbuf.capacity() + c.wbuf.capacity(), 0);
+        pool.lend(&mut c);
+        assert_eq!(c.rbuf.len(), CLIENT_BUF);
+        assert!(c.wbuf.capacity() >= CLIENT_BUF);
+    }
+
+    #[test]
+    fn an_idle_connection_parks_its_set_and_the_next_one_reuses_it() {
+        let mut pool = BufferPool::default();
+        let (mut a, _pa) = conn();
+        let (mut b, _pb) = conn();
+        pool.lend(&mut a);
+        let (r, w) = (a.rbuf.as_ptr(), a.wbuf.as_ptr());
+        assert!(pool.park_if_idle(&mut a));
+        assert_eq!((a.rbuf.capacity(), a.wbuf.capacity()), (0, 0));
+        assert_eq!(pool.len(), 1);
+        pool.lend(&mut b);
+        assert_eq!(
+            (b.rbuf.as_ptr(), b.wbuf.as_ptr()),
+            (r, w),
+            "the parked set is reused"
+        );
+        assert_eq!(pool.len(), 0);
+    }
+
+    #[test]
+    fn a_connection_with_bytes_buffered_or_mid_request_keeps_its_set() {
+        let mut pool = BufferPool::default();
+        let (mut c, _p) = conn();
+        pool.lend(&mut c);
+        c.rlen = 3; // part of a pipelined request
+        assert!(!pool.park_if_idle(&mut c));
+        c.rlen = 0;
+        c.wbuf.extend_from_slice(b"HTTP/1.1 200 OK\r\n"); // not yet written
+        assert!(!pool.park_if_idle(&mut c));
+        c.wbuf.clear();
+        c.st = St::Proxy;
+        assert!(!pool.park_if_idle(&mut c));
+        c.st = St::Head;
+        c.deadline_kind = Deadline::Head; // a head has started arriving
+        assert!(!pool.park_if_idle(&mut c));
+        c.deadline_kind = Deadline::Idle;
+        assert!(pool.park_if_idle(&mut c));
+    }
+
+    #[test]
+    fn grown_buffers_are_freed_and_the_pool_is_bounded() {
+        let mut pool = BufferPool::default();
+        let (mut c, _p) = conn();
+        pool.lend(&mut c);
+        c.rbuf.resize(4 * CLIENT_BUF, 0); // grown for a large head
+        pool.reclaim(&mut c);
+        assert_eq!(pool.len(), 0, "a grown read buffer is not kept");
+        let mut conns: Vec<_> = (0..MAX_SPARES + 8).map(|_| conn()).collect();
+        for (c, _) in conns.iter_mut() {
+            pool.lend(c);
+        }
+        for (c, _) in conns.iter_mut() {
+            pool.reclaim(c);
+        }
+        assert_eq!(pool.len(), MAX_SPARES);
+    }
+}
