@@ -1,64 +1,67 @@
 //! The plugin round trip: a hook object encoded, sent to a real child over its stdin, answered on
-//! its stdout and decoded, as the gateway does it (through `PipeClient`).
+//! its stdout and decoded, as the gateway does it (through `PipeClient`); and the hook object's
+//! two wire encodings side by side (MessagePack for the pipe, protobuf for gRPC).
 //!
-//! The child is `pipegate demo-plugin` (the Rust SDK). Run with `cargo bench --bench pipe`.
-//! `one_in_flight` is the added latency of one hook on an idle gateway; `batch_64` divides the time
-//! of 64 concurrent calls by 64, the cost per hook under load (frames batched per write and read).
+//! Run with `cargo bench --bench pipe`. The children: `pipegate demo-plugin` (the Rust SDK) and the
+//! Python runner (`python3 -m pipegate_plugin`, with a Tyk-style hook adding one header, as in
+//! `benches/loadtest.sh`; skipped with a message when python3 or its msgpack module is missing).
+//! `one_in_flight` is the added latency of one hook on an idle gateway; `batch_N` divides the time
+//! of N concurrent calls by N, the cost per hook under load (frames batched per write and read).
+//!
+//! The object is `pipegate plugin-bench`'s own (`plugin_bench::sample_object`): a POST parsed from
+//! a request with a dozen headers, a JWT and a 1 KiB JSON body, turned into a `pre` hook object by
+//! the chain's own code, so the benches and the command measure the same thing.
 
+use std::path::Path;
+use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use mio::{Events, Poll, Token, Waker};
-use pipegate::coprocess::object::{HookType, MiniRequestObject, Object, PairMap};
+use pipegate::coprocess::object::{HookType, Object};
 use pipegate::coprocess::pipe::{PipeClient, PipeOptions};
+use pipegate::coprocess::proto::pb;
 use pipegate::middleware::chain::{request_object, RequestView};
 use pipegate::middleware::hook_object::RequestHookObject;
-use serde_bytes::ByteBuf;
+use pipegate::plugin_bench::{sample_object, sample_request, BenchOptions, BenchTarget};
+use prost::Message as _;
 
-fn object() -> Object {
-    let mut headers = PairMap::new();
-    for (k, v) in [
-        ("Host", "api.example.com"),
-        ("User-Agent", "Mozilla/5.0 (X11; Linux x86_64) Chrome/120.0"),
-        ("Accept", "application/json"),
-        ("Accept-Encoding", "gzip, deflate, br"),
-        ("Content-Type", "application/json"),
-        ("Authorization", "Bearer eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.SflKxwRJSMeKKF2QT4fwpMeJf36POk6yJV_adQssw5c"),
-        ("X-Request-Id", "7f9c2ba4-e88f-11ee-a5d2-0242ac120002"),
-        ("X-Forwarded-For", "203.0.113.7"),
-        ("Cookie", "session=abcdef0123456789; theme=dark"),
-        ("Accept-Language", "en-US,en;q=0.9"),
-        ("Cache-Control", "no-cache"),
-        ("Content-Length", "1024"),
-    ] {
-        headers.push(k, v.to_string());
-    }
-    Object {
-        hook_type: Some(HookType::Pre),
-        hook_name: Some("DemoPre".into()),
-        request: Some(MiniRequestObject {
-            headers: Some(headers),
-            url: Some("/demo/orders/12345?expand=true".into()),
-            method: Some("POST".into()),
-            raw_body: Some(ByteBuf::from(vec![b'a'; 1024])),
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
+/// The raw request and the `pre` hook object built from it, with hook name `hook`.
+fn fixture(hook: &str) -> (Vec<u8>, Object) {
+    let opts = BenchOptions {
+        // Only the object-building fields matter here; the target is never started.
+        target: BenchTarget::Pipe(String::new()),
+        hook: HookType::Pre,
+        name: hook.into(),
+        concurrency: 1,
+        requests: 1,
+        warmup: 0,
+        body_bytes: 1024,
+        timeout: Duration::from_secs(5),
+        headers: Vec::new(),
+        progress: false,
+    };
+    (
+        sample_request(&opts).expect("sample request"),
+        sample_object(&opts).expect("sample object"),
+    )
 }
 
-fn bench_pipe(c: &mut Criterion) {
-    let exe = env!("CARGO_BIN_EXE_pipegate").to_string();
-    let client = PipeClient::start(PipeOptions::new(vec![exe, "demo-plugin".into()]))
-        .expect("start demo plugin");
+/// `one_in_flight` and `batch_{batch}` round trips of `obj` through `client`, in group `group`.
+fn bench_round_trips(
+    c: &mut Criterion,
+    group: &str,
+    client: &PipeClient,
+    obj: &Object,
+    batch: u64,
+) {
     let mut poll = Poll::new().expect("poll");
     let waker = Arc::new(Waker::new(poll.registry(), Token(0)).expect("waker"));
     let handle = client.register_worker(waker);
     let mut events = Events::with_capacity(16);
-    let obj = object();
 
-    let mut wait = |n: usize| {
+    let mut wait = |n: u64| {
         let mut got = 0;
         while got < n {
             while let Ok(r) = handle.replies.try_recv() {
@@ -72,25 +75,101 @@ fn bench_pipe(c: &mut Criterion) {
         }
     };
 
-    let mut g = c.benchmark_group("pipe_roundtrip");
+    let mut g = c.benchmark_group(group);
     g.throughput(Throughput::Elements(1));
     g.bench_function("one_in_flight", |b| {
         b.iter(|| {
-            client.dispatch(handle.id, 1, Instant::now() + Duration::from_secs(5), &obj);
+            client.dispatch(handle.id, 1, Instant::now() + Duration::from_secs(5), obj);
             wait(1);
         })
     });
-    g.throughput(Throughput::Elements(64));
-    g.bench_function("batch_64", |b| {
+    g.throughput(Throughput::Elements(batch));
+    g.bench_function(format!("batch_{batch}"), |b| {
         b.iter(|| {
             let deadline = Instant::now() + Duration::from_secs(5);
-            for i in 0..64 {
-                client.dispatch(handle.id, i, deadline, &obj);
+            for i in 0..batch {
+                client.dispatch(handle.id, i, deadline, obj);
             }
-            wait(64);
+            wait(batch);
         })
     });
     g.finish();
+}
+
+/// The Tyk-style Python plugin: one `pre` hook adding one header (as in `benches/loadtest.sh`).
+const PYTHON_PLUGIN: &str = "from tyk.decorators import *\n\
+@Hook\n\
+def AddHeader(request, session, spec):\n    request.add_header('X-Hook', '1')\n    return request, session\n";
+
+/// Starts the Python runner on [`PYTHON_PLUGIN`] (written into `dir`) and checks it answers, or
+/// says why it cannot run here.
+fn start_python(dir: &Path, obj: &Object) -> Result<Arc<PipeClient>, String> {
+    let pythonpath = concat!(env!("CARGO_MANIFEST_DIR"), "/protocol/python");
+    let probe = Command::new("python3")
+        .args(["-c", "import msgpack"])
+        .env("PYTHONPATH", pythonpath)
+        .output()
+        .map_err(|e| format!("cannot run python3: {e}"))?;
+    if !probe.status.success() {
+        let err = String::from_utf8_lossy(&probe.stderr);
+        return Err(format!(
+            "python3 cannot import msgpack ({}); install it with `python3 -m pip install msgpack`",
+            err.lines().last().unwrap_or("no message")
+        ));
+    }
+    std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    let plugin = dir.join("bench_plugin.py");
+    std::fs::write(&plugin, PYTHON_PLUGIN)
+        .map_err(|e| format!("cannot write {}: {e}", plugin.display()))?;
+    let mut o = PipeOptions::new(vec![
+        "python3".into(),
+        "-m".into(),
+        "pipegate_plugin".into(),
+        plugin.display().to_string(),
+    ]);
+    o.env.push(("PYTHONPATH".into(), pythonpath.into()));
+    let client = PipeClient::start(o).map_err(|e| format!("cannot start the runner: {e}"))?;
+    // One probe call: the runner is up and the hook answers.
+    let mut poll = Poll::new().map_err(|e| format!("poll: {e}"))?;
+    let waker = Arc::new(Waker::new(poll.registry(), Token(0)).map_err(|e| format!("waker: {e}"))?);
+    let handle = client.register_worker(waker);
+    client.dispatch(handle.id, 0, Instant::now() + Duration::from_secs(10), obj);
+    let mut events = Events::with_capacity(4);
+    let reply = loop {
+        if let Ok(r) = handle.replies.try_recv() {
+            break r.result;
+        }
+        poll.poll(&mut events, Some(Duration::from_secs(11)))
+            .map_err(|e| format!("poll: {e}"))?;
+    };
+    match reply {
+        Ok(_) => Ok(client),
+        Err(e) => {
+            client.shutdown(Duration::from_secs(2));
+            Err(format!("the runner did not answer the probe call: {e}"))
+        }
+    }
+}
+
+fn bench_pipe(c: &mut Criterion) {
+    let (raw, obj) = fixture("DemoPre");
+
+    let exe = env!("CARGO_BIN_EXE_pipegate").to_string();
+    let client = PipeClient::start(PipeOptions::new(vec![exe, "demo-plugin".into()]))
+        .expect("start demo plugin");
+    bench_round_trips(c, "pipe_roundtrip", &client, &obj, 64);
+    client.shutdown(Duration::from_secs(2));
+
+    let (_, py_obj) = fixture("AddHeader");
+    let dir = std::env::temp_dir().join(format!("pipegate-bench-py-{}", std::process::id()));
+    match start_python(&dir, &py_obj) {
+        Ok(client) => {
+            bench_round_trips(c, "pipe_roundtrip_python", &client, &py_obj, 32);
+            client.shutdown(Duration::from_secs(2));
+        }
+        Err(why) => eprintln!("skipping pipe_roundtrip_python: {why}"),
+    }
+    let _ = std::fs::remove_dir_all(&dir);
 
     let mut g = c.benchmark_group("object");
     let mut buf = Vec::with_capacity(4096);
@@ -100,22 +179,17 @@ fn bench_pipe(c: &mut Criterion) {
             pipegate::coprocess::frame::encode_dispatch(&mut buf, 7, &obj, 1 << 26).unwrap()
         })
     });
+    // The gRPC transport's encoding of the same object: the one conversion to the generated
+    // types (`coprocess::proto`), then prost, as `GrpcClient::dispatch` and tonic's codec do.
+    g.bench_function("protobuf_encode_object_1k_body", |b| {
+        b.iter(|| {
+            buf.clear();
+            let msg = pb::Object::from(&obj);
+            msg.encode(&mut buf).unwrap()
+        })
+    });
     // The gateway's two ways to build a request hook's frame from a parsed request: the owned
     // object (gRPC, edited requests) and the borrowed one (first pipe hook of a request).
-    let raw = {
-        let mut r =
-            b"POST /demo/orders/12345?expand=true HTTP/1.1\r\nHost: api.example.com\r\n".to_vec();
-        if let Some(req) = &obj.request {
-            for (k, v) in req.headers.iter().flat_map(|h| h.iter()) {
-                if k != "Host" {
-                    r.extend_from_slice(format!("{k}: {v}\r\n").as_bytes());
-                }
-            }
-        }
-        r.extend_from_slice(b"\r\n");
-        r.extend_from_slice(&[b'a'; 1024]);
-        r
-    };
     let mut head = pipegate::http::RequestHead::default();
     pipegate::http::parse_request(&raw, &mut head, 64 << 10).expect("parses");
     let view = RequestView {
@@ -125,7 +199,7 @@ fn bench_pipe(c: &mut Criterion) {
         body: &raw[head.head_len..],
         scheme: "http",
     };
-    let api_json = br#"{"api_id":"a","org_id":"o","proxy":{"listen_path":"/demo/","target_url":"http://127.0.0.1:1/"}}"#;
+    let api_json = br#"{"api_id":"a","org_id":"o","proxy":{"listen_path":"/bench/","target_url":"http://127.0.0.1:1/"}}"#;
     let (api, _) = pipegate::config::parse_api_file(std::path::Path::new("a.json"), api_json)
         .expect("api")
         .remove(0);
@@ -155,8 +229,12 @@ fn bench_pipe(c: &mut Criterion) {
     g.bench_function("decode_object_1k_body", |b| {
         b.iter(|| rmp_serde::from_slice::<Object>(&reply).unwrap())
     });
+    // A gRPC reply of the same object: prost decodes, then the one conversion back to `Object`.
+    let reply = pb::Object::from(&obj).encode_to_vec();
+    g.bench_function("protobuf_decode_object_1k_body", |b| {
+        b.iter(|| Object::from(pb::Object::decode(reply.as_slice()).unwrap()))
+    });
     g.finish();
-    client.shutdown(Duration::from_secs(2));
 }
 
 criterion_group! {

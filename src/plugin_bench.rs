@@ -223,8 +223,9 @@ impl Driver {
 }
 
 /// The request every call carries: a realistic API call (a dozen headers, a bearer token, a JSON
-/// body of `body_bytes`).
-fn sample_request(opts: &BenchOptions) -> Result<Vec<u8>, String> {
+/// body of `body_bytes`). Public so the criterion benches (`benches/pipe.rs`) measure the same
+/// request and hook object as this command, instead of a second fixture drifting from it.
+pub fn sample_request(opts: &BenchOptions) -> Result<Vec<u8>, String> {
     let mut raw = String::with_capacity(1024 + opts.body_bytes);
     raw.push_str("POST /bench/orders/12345?expand=items HTTP/1.1\r\n");
     for (k, v) in [
