@@ -44,6 +44,8 @@ pub struct Upstream {
     pub rlen: usize,
     /// Edge-triggered readiness not yet used up.
     pub readable: bool,
+    /// The upstream's FIN (or an error) was reported: read to EOF, not just to a short read.
+    pub rdhup: bool,
     /// Edge-triggered readiness not yet used up.
     pub writable: bool,
     /// The upstream closed its side.
@@ -80,6 +82,7 @@ impl Upstream {
             rbuf: vec![0; UPSTREAM_BUF],
             rlen: 0,
             readable: false,
+            rdhup: false,
             writable: false,
             eof: false,
             reused: false,

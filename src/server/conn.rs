@@ -84,6 +84,8 @@ pub struct Conn {
     pub wpos: usize,
     /// Edge-triggered readiness not yet used up.
     pub readable: bool,
+    /// The client's FIN (or an error) was reported: read to EOF, not just to a short read.
+    pub rdhup: bool,
     /// Edge-triggered readiness not yet used up.
     pub writable: bool,
     /// The client closed its sending side.
@@ -170,6 +172,7 @@ impl Conn {
             wbuf: Vec::new(),
             wpos: 0,
             readable: false,
+            rdhup: false,
             writable: false,
             eof: false,
             st: St::Head,
