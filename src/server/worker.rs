@@ -210,6 +210,18 @@ impl Worker {
         ))
     }
 
+    /// Picks up a configuration a reload published since this worker last looked. Done once per
+    /// loop round and again for each accepted connection: a client that got `/tyk/reload`'s
+    /// answer and connects again at once may be accepted in the very round that answered it,
+    /// and must already be routed by the new API definitions.
+    fn refresh_snapshot(&mut self) {
+        let current = self.shared.snapshot.load();
+        if !Arc::ptr_eq(&current, &self.snapshot) {
+            self.snapshot = Arc::clone(&current);
+            self.metrics.sync();
+        }
+    }
+
     fn gw(&self) -> &GatewayConfig {
         &self.snapshot.gateway
     }
@@ -239,12 +251,7 @@ impl Worker {
                 }
             }
             self.now = Instant::now();
-            let current = self.shared.snapshot.load();
-            if !Arc::ptr_eq(&current, &self.snapshot) {
-                self.snapshot = Arc::clone(&current);
-                self.metrics.sync();
-            }
-            drop(current);
+            self.refresh_snapshot();
             for ev in events.iter() {
                 match ev.token() {
                     LISTENER => self.accept(),
@@ -310,6 +317,7 @@ impl Worker {
             };
             match listener.accept() {
                 Ok((mut sock, peer)) => {
+                    self.refresh_snapshot();
                     if self.conns.len() >= self.gw().limits.max_connections_per_worker {
                         // Over the limit: refuse by closing at once rather than queueing forever.
                         drop(sock);
@@ -1626,7 +1634,11 @@ impl Worker {
                 c.req.session = Some(Box::new(session));
                 c.req.resp_headers.extend(headers);
             }
-            StoreDone::Admin(resp) => return Err(resp),
+            StoreDone::Admin(resp) => {
+                // A reload it ran applies to whatever this worker handles next.
+                self.refresh_snapshot();
+                return Err(resp);
+            }
         }
         Ok(true)
     }
