@@ -120,15 +120,22 @@ for name in "${ORDER[@]}"; do
   curl -sf -o /dev/null "${URLS[$name]}" || { echo "$name is not answering at ${URLS[$name]}" >&2; exit 1; }
 done
 
+# One wrk run: appends "name rps p50 p99" to $out_file and echoes it with a label.
+measure() { # label out_file name wrk_args...
+  local label=$1 out_file=$2 name=$3; shift 3
+  local out rps p50 p99
+  out=$(wrk -t1 -d"${DURATION}s" --latency "$@" "${URLS[$name]}")
+  rps=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
+  p50=$(echo "$out" | awk '$1=="50%" {print $2}')
+  p99=$(echo "$out" | awk '$1=="99%" {print $2}')
+  echo "$name $rps $p50 $p99" >> "$out_file"
+  echo "$label: $name rps=$rps p50=$p50 p99=$p99"
+}
+
 RESULTS="$WORK/results.txt"
 for r in $(seq 1 "$ROUNDS"); do
   for name in "${ORDER[@]}"; do
-    out=$(wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency "${URLS[$name]}")
-    rps=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
-    p50=$(echo "$out" | awk '$1=="50%" {print $2}')
-    p99=$(echo "$out" | awk '$1=="99%" {print $2}')
-    echo "$name $rps $p50 $p99" >> "$RESULTS"
-    echo "round $r: $name rps=$rps p50=$p50 p99=$p99"
+    measure "round $r" "$RESULTS" "$name" -c"$CONNS"
   done
 done
 
@@ -143,12 +150,7 @@ LATENCY="$WORK/latency.txt"
 LAT_ORDER=(pipegate pipegate_rust_hook pipegate_python_hook pipegate_grpc_hook)
 for r in $(seq 1 "$ROUNDS"); do
   for name in "${LAT_ORDER[@]}"; do
-    out=$(wrk -t1 -c"$LAT_CONNS" -d"${DURATION}s" --latency -s "$WORK/delay.lua" "${URLS[$name]}")
-    rps=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
-    p50=$(echo "$out" | awk '$1=="50%" {print $2}')
-    p99=$(echo "$out" | awk '$1=="99%" {print $2}')
-    echo "$name $rps $p50 $p99" >> "$LATENCY"
-    echo "latency round $r: $name rps=$rps p50=$p50 p99=$p99"
+    measure "latency round $r" "$LATENCY" "$name" -c"$LAT_CONNS" -s "$WORK/delay.lua"
   done
 done
 

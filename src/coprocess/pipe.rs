@@ -328,14 +328,7 @@ impl OutQueue {
         &self,
         encode: impl FnOnce(&mut Vec<u8>) -> Result<usize, FrameError>,
     ) -> Result<(), EnqueueError> {
-        let mut ob = self.m.lock();
-        if ob.closed || ob.gone {
-            return Err(EnqueueError::Closed);
-        }
-        if ob.buf.len() > self.backlog_limit {
-            return Err(EnqueueError::Backlog);
-        }
-        encode(&mut ob.buf).map_err(EnqueueError::Frame)?;
+        let ob = self.push(encode)?;
         self.write_queued(ob);
         Ok(())
     }
@@ -347,6 +340,17 @@ impl OutQueue {
         &self,
         encode: impl FnOnce(&mut Vec<u8>) -> Result<usize, FrameError>,
     ) -> Result<(), EnqueueError> {
+        let _ob = self.push(encode)?;
+        self.has_data.store(true, Ordering::Release);
+        Ok(())
+    }
+
+    /// Appends one frame to the queue (refused when closed or over the backlog limit) and
+    /// returns the still-held lock, so the caller decides whether it is written now.
+    fn push(
+        &self,
+        encode: impl FnOnce(&mut Vec<u8>) -> Result<usize, FrameError>,
+    ) -> Result<parking_lot::MutexGuard<'_, OutBuf>, EnqueueError> {
         let mut ob = self.m.lock();
         if ob.closed || ob.gone {
             return Err(EnqueueError::Closed);
@@ -355,8 +359,7 @@ impl OutQueue {
             return Err(EnqueueError::Backlog);
         }
         encode(&mut ob.buf).map_err(EnqueueError::Frame)?;
-        self.has_data.store(true, Ordering::Release);
-        Ok(())
+        Ok(ob)
     }
 
     /// Writes what [`OutQueue::enqueue_deferred`] queued (nothing to do when the queue is empty,
