@@ -316,8 +316,6 @@ impl Conn {
         self.rlen -= n;
     }
 
-    /// Resets per-request state for the next request on a keep-alive connection, moving any
-    /// pipelined bytes to the front of the read buffer.
     /// The request as the middleware chain sees it: the parsed head, this request's edits and
     /// buffered body.
     pub fn request_view(&self) -> crate::middleware::chain::RequestView<'_> {
@@ -330,6 +328,8 @@ impl Conn {
         }
     }
 
+    /// Resets per-request state for the next request on a keep-alive connection, moving any
+    /// pipelined bytes to the front of the read buffer.
     pub fn reset_for_next(&mut self) {
         let consumed = self.head.head_len;
         self.rbuf.copy_within(consumed..self.rlen, 0);
