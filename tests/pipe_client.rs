@@ -6,9 +6,10 @@
 //! Deadlines are generous and nothing asserts on timing, so a loaded 2-core machine only makes
 //! the tests slower, not flaky.
 
-use mio::{Events, Poll, Token, Waker};
+use mio::unix::SourceFd;
+use mio::{Events, Interest, Poll, Token, Waker};
 use pipegate::coprocess::object::{MiniRequestObject, Object};
-use pipegate::coprocess::pipe::{PipeClient, PipeOptions, WorkerHandle};
+use pipegate::coprocess::pipe::{PipeClient, PipeOptions, ReplyPipe, WorkerHandle};
 use pipegate::coprocess::{CallError, CoprocessError, HookReply};
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
@@ -16,6 +17,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const WAKE: Token = Token(0);
+const REPLIES: Token = Token(1);
 /// Deadline for calls expected to succeed: long enough for any loaded machine.
 const LONG: Duration = Duration::from_secs(30);
 /// How long a test waits for something that must happen (a restart, all replies).
@@ -79,6 +81,18 @@ struct Worker {
     poll: Poll,
     handle: WorkerHandle,
     events: Events,
+    /// Set for a worker that reads the child's stdout itself, as the gateway's first worker does.
+    reading: Option<Reading>,
+}
+
+/// A reading worker's hold on the child's stdout, re-taken when the child is restarted.
+struct Reading {
+    client: Arc<PipeClient>,
+    pipe: Option<ReplyPipe>,
+    /// The generation last attached (or tried).
+    gen: u64,
+    /// How many generations this worker attached.
+    attached: usize,
 }
 
 impl Worker {
@@ -90,6 +104,61 @@ impl Worker {
             poll,
             handle,
             events: Events::with_capacity(16),
+            reading: None,
+        }
+    }
+
+    /// A worker that reads the replies from the child's stdout in its own poll.
+    fn reading(client: &Arc<PipeClient>) -> Worker {
+        let mut w = Worker::new(client);
+        w.reading = Some(Reading {
+            client: Arc::clone(client),
+            pipe: None,
+            gen: 0,
+            attached: 0,
+        });
+        w.attach();
+        w
+    }
+
+    /// Takes the current child's stdout when the generation changed (as the gateway's worker
+    /// does before each poll).
+    fn attach(&mut self) {
+        let Some(r) = self.reading.as_mut() else {
+            return;
+        };
+        if r.client.generation() == r.gen {
+            return;
+        }
+        r.gen = r.client.generation();
+        if let Some(old) = r.pipe.take() {
+            let _ = self.poll.registry().deregister(&mut SourceFd(&old.fd()));
+        }
+        if let Some(p) = r.client.attach_replies(self.handle.id) {
+            assert_eq!(p.generation(), r.gen);
+            self.poll
+                .registry()
+                .register(&mut SourceFd(&p.fd()), REPLIES, Interest::READABLE)
+                .expect("register the child's stdout");
+            r.pipe = Some(p);
+            r.attached += 1;
+        }
+    }
+
+    /// One round of the event loop: wait for events, read the pipe if it is readable.
+    fn poll_once(&mut self, wait: Duration) {
+        self.attach();
+        let _ = self.poll.poll(&mut self.events, Some(wait));
+        let readable = self.events.iter().any(|e| e.token() == REPLIES);
+        if let Some(r) = self.reading.as_mut() {
+            if readable {
+                if let Some(p) = r.pipe.as_ref() {
+                    if !r.client.read_replies(p) {
+                        let _ = self.poll.registry().deregister(&mut SourceFd(&p.fd()));
+                        r.pipe = None;
+                    }
+                }
+            }
         }
     }
 
@@ -104,9 +173,7 @@ impl Worker {
             if out.len() >= n {
                 break;
             }
-            let _ = self
-                .poll
-                .poll(&mut self.events, Some(Duration::from_millis(200)));
+            self.poll_once(Duration::from_millis(200));
         }
         while let Ok(r) = self.handle.replies.try_recv() {
             out.push(r);
@@ -119,9 +186,7 @@ impl Worker {
         let mut out = Vec::new();
         let until = Instant::now() + wait;
         while Instant::now() < until {
-            let _ = self
-                .poll
-                .poll(&mut self.events, Some(until - Instant::now()));
+            self.poll_once(until - Instant::now());
             while let Ok(r) = self.handle.replies.try_recv() {
                 out.push(r);
             }
@@ -386,6 +451,80 @@ fn crash_under_load_answers_every_call_and_restarts() {
     assert!(
         w.collect_for(Duration::from_millis(200)).is_empty(),
         "no duplicate answers"
+    );
+}
+
+#[test]
+fn worker_reading_the_pipe_routes_every_workers_replies() {
+    // As in the gateway: one worker reads the child's stdout in its own poll and hands the other
+    // worker its replies; the reader thread stays off the pipe meanwhile.
+    let dir = TempDir::new("reading");
+    let client = PipeClient::start(opts("echo", &dir)).expect("start");
+    let mut reader = Worker::reading(&client);
+    assert!(
+        reader.reading.as_ref().is_some_and(|r| r.pipe.is_some()),
+        "the first worker to ask gets the pipe"
+    );
+    assert!(
+        client.attach_replies(99).is_none(),
+        "only one worker holds a child's stdout at a time"
+    );
+    let other = {
+        let c = Arc::clone(&client);
+        std::thread::spawn(move || {
+            let mut w = Worker::new(&c);
+            echo_run(&c, &mut w, "plain", 2000, 200)
+        })
+    };
+    // The plain worker's replies arrive only while the reading worker polls.
+    let c = Arc::clone(&client);
+    echo_run(&c, &mut reader, "reading", 2000, 200);
+    let stop = Instant::now() + PATIENCE;
+    while !other.is_finished() && Instant::now() < stop {
+        reader.poll_once(Duration::from_millis(20));
+    }
+    other.join().expect("plain worker");
+    // Letting go hands the pipe back to the reader thread.
+    reader.reading = None;
+    let mut plain = Worker::new(&client);
+    echo_run(&client, &mut plain, "after", 100, 10);
+    assert_eq!(client.restarts(), 0);
+}
+
+#[test]
+fn worker_reading_the_pipe_follows_a_restarted_child() {
+    let dir = TempDir::new("reading-crash");
+    let mut o = opts("crash", &dir);
+    o.env.push(("CRASH_AFTER".into(), "100".into()));
+    let client = PipeClient::start(o).expect("start");
+    let first_gen = client.generation();
+    assert_ne!(first_gen, 0, "a child is up");
+    let mut w = Worker::reading(&client);
+    let n = 300;
+    for i in 0..n {
+        client.dispatch(
+            w.handle.id,
+            i,
+            Instant::now() + LONG,
+            &request("Echo", "/c"),
+        );
+    }
+    let got = w.collect(n as usize);
+    assert_eq!(got.len(), n as usize, "every call is answered");
+    assert!(got.iter().any(|r| r.result.is_ok()));
+    assert!(
+        got.iter().any(|r| r.result.is_err()),
+        "the child crashed with calls pending"
+    );
+    wait_until("restart", || client.restarts() >= 1 && client.is_healthy());
+    assert_ne!(client.generation(), first_gen);
+    // The next poll takes the new child's stdout; its replies are read there. (This plugin
+    // crashes again after 100 calls, so stay below that.)
+    echo_run(&client, &mut w, "after", 80, 20);
+    assert_eq!(
+        w.reading.as_ref().map(|r| r.attached),
+        Some(2),
+        "attached the first child, then its successor"
     );
 }
 

@@ -6,6 +6,7 @@
 //!    │                   out buffer ──▶ writer ──write()──▶ child stdin   │  hung child, death,
 //!    ▲                                                                   │  restart with backoff
 //!    └── reply channel + Waker ◀── reader ◀──read()── child stdout       └─ stderr: log lines
+//!                            (first worker's event loop, or the reader thread)
 //! ```
 //! - **Workers never block on the pipe.** `dispatch` encodes the frame straight into the current
 //!   child's shared out buffer (one short lock, no allocation once the buffers have grown). Frames
@@ -19,6 +20,11 @@
 //! - **One reader** reads large chunks (at least 256 KiB) into a [`FrameDecoder`], decodes every
 //!   complete frame, takes the pending table lock once per chunk, sends each reply on its worker's
 //!   channel and wakes each worker once per chunk.
+//! - **The reader is a worker when it can.** The gateway's first worker takes the child's stdout
+//!   into its own event loop ([`ReplyPipe`]) and reads the replies there, routing the other
+//!   workers' replies as above; its own need no wake-up. A reply then crosses two threads (child,
+//!   worker) instead of three. The reader thread stays off the pipe while a worker holds it, and
+//!   reads again when the worker lets go (restart, shutdown) or the child is reaped.
 //! - **Spin, then park.** Waking a parked thread on the other vCPU costs ~70-110 µs here while a
 //!   pipe hop between two running threads costs ~2 µs. While replies are still outstanding, the
 //!   reader keeps polling for `reader_spin` (default 20 µs) before it blocks in `poll(2)`. After
@@ -50,8 +56,8 @@ use std::io::{self, BufRead, BufReader, Read, Write};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStderr, Command, ExitStatus, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -71,6 +77,8 @@ const BUNDLE_RELOAD_TIMEOUT: Duration = Duration::from_secs(30);
 const MAX_STDERR_LINE: u64 = 16 << 10;
 /// Requested pipe buffer size (F_SETPIPE_SZ); larger pipes mean fewer, larger writes and reads.
 const PIPE_SIZE: i32 = 1 << 20;
+/// `Generation::attached` when no worker reads the child's stdout (the reader thread does).
+const NO_WORKER: usize = usize::MAX;
 
 /// Settings of the pipe transport (built from `coprocess_options`, or by hand in tests).
 #[derive(Debug, Clone)]
@@ -462,8 +470,75 @@ struct Generation {
     reaped: AtomicBool,
     /// The reader thread has exited (after delivering everything it read).
     reader_done: AtomicBool,
+    /// The child's stdout and the replies read from it; locked by whoever reads.
+    reader: Mutex<ReplyReader>,
+    /// `reader`'s descriptor, for a worker's event loop (valid while this generation lives).
+    stdout_fd: RawFd,
+    /// The worker that reads stdout in its event loop ([`ReplyPipe`]), or [`NO_WORKER`].
+    attached: AtomicUsize,
+    /// The reader thread, unparked when it must read again (detach, death).
+    reader_thread: OnceLock<thread::Thread>,
     child: Mutex<Option<Child>>,
     started: Instant,
+}
+
+impl Generation {
+    /// Records that the child was waited for, and wakes the reader thread to read what it left.
+    fn mark_reaped(&self) {
+        self.reaped.store(true, Ordering::Release);
+        self.unpark_reader();
+    }
+
+    fn unpark_reader(&self) {
+        if let Some(t) = self.reader_thread.get() {
+            t.unpark();
+        }
+    }
+}
+
+/// The child's stdout, the decoder holding what was read from it, and scratch space for routing
+/// replies (kept to avoid allocating per batch).
+struct ReplyReader {
+    stdout: File,
+    dec: FrameDecoder,
+    replies: Vec<(u64, Result<Object, CallError>)>,
+    routed: Vec<(u64, Pending, Result<Object, CallError>)>,
+    unknown_log: RateLimit,
+    /// Calls were still pending after the last replies: more data is expected soon.
+    expecting: bool,
+}
+
+/// A worker's hold on the current child's stdout: the worker registers [`ReplyPipe::fd`] in its
+/// event loop and calls [`PipeClient::read_replies`] when it is readable.
+///
+/// Why: otherwise a reply crosses three threads (child, reader thread, worker), and waking a
+/// sleeping thread on another vCPU costs tens of microseconds here; reading in the worker takes
+/// the reader thread off the path. One worker at a time holds a generation's pipe; it routes the
+/// other workers' replies as the reader thread would. Dropping the hold hands reading back to
+/// the reader thread. Deregister the fd before dropping: the hold keeps the descriptor open, so
+/// its number cannot be reused while it is registered.
+pub struct ReplyPipe {
+    gen: Arc<Generation>,
+    worker: usize,
+}
+
+impl ReplyPipe {
+    /// The read end of the child's stdout (non-blocking), to register for readable events.
+    pub fn fd(&self) -> RawFd {
+        self.gen.stdout_fd
+    }
+
+    /// Which child generation this is (compare with [`PipeClient::generation`]).
+    pub fn generation(&self) -> u64 {
+        self.gen.gen
+    }
+}
+
+impl Drop for ReplyPipe {
+    fn drop(&mut self) {
+        self.gen.attached.store(NO_WORKER, Ordering::Release);
+        self.gen.unpark_reader();
+    }
 }
 
 #[derive(Clone)]
@@ -486,6 +561,9 @@ struct Inner {
     state: Mutex<State>,
     sup_cv: Condvar,
     current: RwLock<Option<Arc<Generation>>>,
+    /// `current`'s generation number, 0 while none: one atomic load for workers to notice a
+    /// restarted child.
+    published: AtomicU64,
     workers: RwLock<Vec<WorkerSlot>>,
     next_id: AtomicU64,
     next_gen: AtomicU64,
@@ -528,6 +606,7 @@ impl PipeClient {
             }),
             sup_cv: Condvar::new(),
             current: RwLock::new(None),
+            published: AtomicU64::new(0),
             workers: RwLock::new(Vec::new()),
             next_id: AtomicU64::new(1),
             next_gen: AtomicU64::new(1),
@@ -545,6 +624,7 @@ impl PipeClient {
             .spawn(move || supervisor_loop(sup));
         if let Err(e) = spawned {
             inner.current.write().take();
+            inner.published.store(0, Ordering::Release);
             gen.dead.store(true, Ordering::Release);
             gen.out.close();
             kill_and_reap(&gen);
@@ -593,6 +673,41 @@ impl PipeClient {
         object: &T,
     ) -> u64 {
         self.dispatch_to(worker, tag, deadline, object, true)
+    }
+
+    /// The current child's generation number (0 while none is up). A worker holding a
+    /// [`ReplyPipe`] of another generation drops it and attaches the new one.
+    pub fn generation(&self) -> u64 {
+        self.inner.published.load(Ordering::Acquire)
+    }
+
+    /// Hands the current child's stdout to `worker`'s event loop (see [`ReplyPipe`]). `None`
+    /// while no child is up or while another worker holds it.
+    pub fn attach_replies(&self, worker: usize) -> Option<ReplyPipe> {
+        let gen = self.inner.current.read().clone()?;
+        if gen.dead.load(Ordering::Acquire) {
+            return None;
+        }
+        gen.attached
+            .compare_exchange(NO_WORKER, worker, Ordering::AcqRel, Ordering::Acquire)
+            .ok()?;
+        Some(ReplyPipe { gen, worker })
+    }
+
+    /// Reads and routes every reply waiting on the pipe. The holder's own replies go to its
+    /// channel without a wake-up (drain it next); other workers are woken as usual. Returns
+    /// false once the stream is finished (EOF, read error or garbage: the death is reported to
+    /// the supervisor); then deregister and drop the hold.
+    pub fn read_replies(&self, pipe: &ReplyPipe) -> bool {
+        let g = &pipe.gen;
+        let res = read_available(&self.inner, g, &mut g.reader.lock(), Some(pipe.worker));
+        match res {
+            Ok(_) => true,
+            Err(cause) => {
+                self.inner.report_death(g, cause);
+                false
+            }
+        }
     }
 
     /// Writes the frames queued by [`PipeClient::dispatch_deferred`] (cheap when there are none).
@@ -771,12 +886,13 @@ impl PipeClient {
         }
         inner.sup_cv.notify_all();
         let gen = inner.current.write().take();
+        inner.published.store(0, Ordering::Release);
         if let Some(g) = gen {
             g.dead.store(true, Ordering::Release);
             g.out.close();
             if let Some(mut child) = g.child.lock().take() {
                 let status = stop_child(&mut child, grace);
-                g.reaped.store(true, Ordering::Release);
+                g.mark_reaped();
                 tracing::info!(
                     "[{}:{}] plugin stopped ({})",
                     inner.opts.name,
@@ -793,6 +909,7 @@ impl PipeClient {
         inner.deliver(
             all.into_iter()
                 .map(|(id, p)| (id, p, Err(CallError::ChildDied))),
+            None,
         );
     }
 }
@@ -836,8 +953,13 @@ impl Inner {
         }
     }
 
-    /// Sends answers for calls already removed from the pending table, waking each worker once.
-    fn deliver(&self, items: impl IntoIterator<Item = (u64, Pending, Result<Object, CallError>)>) {
+    /// Sends answers for calls already removed from the pending table, waking each worker once
+    /// (except `reader`, the worker delivering them, which drains its channel next).
+    fn deliver(
+        &self,
+        items: impl IntoIterator<Item = (u64, Pending, Result<Object, CallError>)>,
+        reader: Option<usize>,
+    ) {
         let workers = self.workers.read();
         // Which workers to wake, as a bit set (no allocation per batch of replies); workers past
         // the 128th are woken per reply.
@@ -851,7 +973,8 @@ impl Inner {
                             tag,
                             result,
                         });
-                        if worker < 128 {
+                        if Some(worker) == reader {
+                        } else if worker < 128 {
                             wake |= 1 << worker;
                         } else if let Err(e) = w.waker.wake() {
                             tracing::debug!("waking worker {worker} failed: {e}");
@@ -884,7 +1007,9 @@ impl Inner {
     /// Makes `g` the child that receives calls (after re-sending remembered bundles).
     fn publish(&self, g: Arc<Generation>) {
         *self.last_hello.write() = g.hello.clone();
+        let gen = g.gen;
         *self.current.write() = Some(g);
+        self.published.store(gen, Ordering::Release);
     }
 
     fn send_bundle(
@@ -1075,10 +1200,21 @@ fn spawn_generation(inner: &Arc<Inner>) -> Result<Arc<Generation>, CoprocessErro
         handled: AtomicBool::new(false),
         reaped: AtomicBool::new(false),
         reader_done: AtomicBool::new(false),
+        stdout_fd: stdout.as_raw_fd(),
+        reader: Mutex::new(ReplyReader {
+            stdout,
+            dec: decoder,
+            replies: Vec::with_capacity(256),
+            routed: Vec::with_capacity(256),
+            unknown_log: RateLimit::default(),
+            expecting: false,
+        }),
+        attached: AtomicUsize::new(NO_WORKER),
+        reader_thread: OnceLock::new(),
         child: Mutex::new(Some(child)),
         started: Instant::now(),
     });
-    let started = start_io_threads(inner, &gen, stdin_fd, stdout, decoder);
+    let started = start_io_threads(inner, &gen, stdin_fd);
     if let Err(e) = started {
         kill_and_reap(&gen);
         return Err(spawn_err(format!("cannot start the pipe threads: {e}")));
@@ -1102,13 +1238,7 @@ fn spawn_generation(inner: &Arc<Inner>) -> Result<Arc<Generation>, CoprocessErro
     Ok(gen)
 }
 
-fn start_io_threads(
-    inner: &Arc<Inner>,
-    gen: &Arc<Generation>,
-    stdin_fd: RawFd,
-    stdout: File,
-    decoder: FrameDecoder,
-) -> io::Result<()> {
+fn start_io_threads(inner: &Arc<Inner>, gen: &Arc<Generation>, stdin_fd: RawFd) -> io::Result<()> {
     let (i, g) = (Arc::clone(inner), Arc::clone(gen));
     thread::Builder::new()
         .name("pipegate-plugin-writer".into())
@@ -1116,7 +1246,7 @@ fn start_io_threads(
     let (i, g) = (Arc::clone(inner), Arc::clone(gen));
     let spawned = thread::Builder::new()
         .name("pipegate-plugin-reader".into())
-        .spawn(move || reader_loop(&i, &g, stdout, decoder));
+        .spawn(move || reader_loop(&i, &g));
     if let Err(e) = spawned {
         gen.out.close();
         return Err(e);
@@ -1318,39 +1448,36 @@ fn write_all_polling(out: &OutQueue, dead: &AtomicBool, fd: RawFd, data: &[u8]) 
     Ok(())
 }
 
-fn reader_loop(inner: &Inner, g: &Arc<Generation>, mut stdout: File, mut dec: FrameDecoder) {
-    let fd = stdout.as_raw_fd();
+fn reader_loop(inner: &Inner, g: &Arc<Generation>) {
+    let _ = g.reader_thread.set(thread::current());
+    let fd = g.stdout_fd;
     let spin = inner.opts.reader_spin;
-    let mut replies: Vec<(u64, Result<Object, CallError>)> = Vec::with_capacity(256);
-    let mut routed: Vec<(u64, Pending, Result<Object, CallError>)> = Vec::with_capacity(256);
     let mut spin_until: Option<Instant> = None;
-    let mut unknown_log = RateLimit::default();
-    // Whether calls were still pending after the last replies: only then is more data expected
-    // soon enough for spinning to pay. After the last reply the reader parks at once, leaving the
-    // CPU to the worker it just woke (with 2 vCPUs, a spinning reader delays that worker).
-    let mut expecting = false;
     let cause = loop {
-        if let Err(cause) = process_frames(
-            inner,
-            g,
-            &mut dec,
-            &mut replies,
-            &mut routed,
-            &mut unknown_log,
-            &mut expecting,
-        ) {
-            break Some(cause);
-        }
-        match dec.read_from(&mut stdout) {
-            Ok(0) => break Some(DeathCause::Eof),
-            Ok(_) => {
-                spin_until = None;
-                continue;
+        if g.attached.load(Ordering::Acquire) != NO_WORKER {
+            // A worker reads stdout in its event loop: stay off the descriptor (polling it
+            // would wake this thread for every reply) until the worker lets go or the child
+            // is reaped; then read whatever is left.
+            if g.reaped.load(Ordering::Acquire) {
+                break read_available(inner, g, &mut g.reader.lock(), None).err();
             }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => break Some(DeathCause::ReadError(e.to_string())),
+            thread::park_timeout(Duration::from_millis(250));
+            continue;
         }
+        let (got, expecting) = {
+            let mut rr = g.reader.lock();
+            match read_available(inner, g, &mut rr, None) {
+                Ok(got) => (got, rr.expecting),
+                Err(cause) => break Some(cause),
+            }
+        };
+        if got {
+            spin_until = None;
+        }
+        // Whether calls were still pending after the last replies: only then is more data
+        // expected soon enough for spinning to pay. After the last reply the reader parks at
+        // once, leaving the CPU to the worker it just woke (with 2 vCPUs, a spinning reader
+        // delays that worker).
         if !spin.is_zero() && expecting {
             let now = Instant::now();
             let until = *spin_until.get_or_insert(now + spin);
@@ -1378,6 +1505,27 @@ fn reader_loop(inner: &Inner, g: &Arc<Generation>, mut stdout: File, mut dec: Fr
     }
 }
 
+/// Reads the child's stdout until it would block, routing every complete reply (see
+/// [`process_frames`]). Returns whether anything was read; an error ends the stream.
+fn read_available(
+    inner: &Inner,
+    g: &Generation,
+    rr: &mut ReplyReader,
+    reader: Option<usize>,
+) -> Result<bool, DeathCause> {
+    let mut got = false;
+    loop {
+        process_frames(inner, g, rr, reader)?;
+        match rr.dec.read_from(&mut rr.stdout) {
+            Ok(0) => return Err(DeathCause::Eof),
+            Ok(_) => got = true,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(got),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(DeathCause::ReadError(e.to_string())),
+        }
+    }
+}
+
 /// At most one warning of a kind per second, with the count of events since the last one.
 #[derive(Default)]
 struct RateLimit {
@@ -1390,12 +1538,17 @@ struct RateLimit {
 fn process_frames(
     inner: &Inner,
     g: &Generation,
-    dec: &mut FrameDecoder,
-    replies: &mut Vec<(u64, Result<Object, CallError>)>,
-    routed: &mut Vec<(u64, Pending, Result<Object, CallError>)>,
-    unknown_log: &mut RateLimit,
-    expecting: &mut bool,
+    rr: &mut ReplyReader,
+    reader: Option<usize>,
 ) -> Result<(), DeathCause> {
+    let ReplyReader {
+        dec,
+        replies,
+        routed,
+        unknown_log,
+        expecting,
+        ..
+    } = rr;
     let name = &inner.opts.name;
     let mut fatal = None;
     let mut frames = 0usize;
@@ -1461,7 +1614,7 @@ fn process_frames(
             *expecting = !st.pending.is_empty();
         }
         if !routed.is_empty() {
-            inner.deliver(routed.drain(..));
+            inner.deliver(routed.drain(..), reader);
         }
         if late > 0 {
             tracing::debug!(
@@ -1585,7 +1738,7 @@ fn supervisor_loop(inner: Arc<Inner>) {
                 timeout_log.last = Some(now);
                 timeout_log.suppressed = 0;
             }
-            inner.deliver(expired.drain(..));
+            inner.deliver(expired.drain(..), None);
         }
         if let Some(stalled) = hung {
             let cur = inner.current.read().clone();
@@ -1687,6 +1840,7 @@ fn handle_death(inner: &Inner, g: &Arc<Generation>, cause: &DeathCause) -> Optio
         let mut cur = inner.current.write();
         if cur.as_ref().is_some_and(|c| c.gen == g.gen) {
             *cur = None;
+            inner.published.store(0, Ordering::Release);
         }
     }
     g.out.close();
@@ -1709,7 +1863,7 @@ fn handle_death(inner: &Inner, g: &Arc<Generation>, cause: &DeathCause) -> Optio
             None => None,
         }
     };
-    g.reaped.store(true, Ordering::Release);
+    g.mark_reaped();
     // Replies the child wrote before dying are still in the pipe: let the reader deliver them
     // before failing what is left (e.g. when the writer's EPIPE reported the death first).
     let until = Instant::now() + Duration::from_secs(1);
@@ -1741,7 +1895,7 @@ fn handle_death(inner: &Inner, g: &Arc<Generation>, cause: &DeathCause) -> Optio
             failed.len()
         );
     }
-    inner.deliver(failed);
+    inner.deliver(failed, None);
     Some(lifetime)
 }
 
@@ -1750,7 +1904,7 @@ fn kill_and_reap(g: &Generation) {
         let _ = child.kill();
         let _ = child.wait();
     }
-    g.reaped.store(true, Ordering::Release);
+    g.mark_reaped();
 }
 
 // ---------------------------------------------------------------------------------------------

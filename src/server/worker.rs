@@ -16,6 +16,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mio::net::TcpListener;
+use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token, Waker};
 use slab::Slab;
 
@@ -26,7 +27,7 @@ use crate::config::{ApiDefinition, GatewayConfig, HookDef, Snapshot};
 use crate::coprocess::grpc::GrpcClient;
 use crate::coprocess::object::HookType;
 use crate::coprocess::object::SessionState;
-use crate::coprocess::pipe::{PipeClient, WorkerHandle};
+use crate::coprocess::pipe::{PipeClient, ReplyPipe, WorkerHandle};
 use crate::coprocess::{CallError, HookReply};
 use crate::http::{self, response, BodyKind, ChunkedDecoder};
 use crate::middleware::chain::{
@@ -41,6 +42,8 @@ mod observe;
 
 const LISTENER: Token = Token(usize::MAX - 1);
 const WAKER: Token = Token(usize::MAX - 2);
+/// The plugin child's stdout, when this worker reads the replies itself.
+const PIPE_REPLIES: Token = Token(usize::MAX - 3);
 /// How often deadlines are checked.
 const TICK: Duration = Duration::from_millis(100);
 /// Pooled upstream connections idle longer than this are closed.
@@ -80,6 +83,10 @@ pub struct Worker {
     draining_since: Option<Instant>,
     /// The plugin process client and this worker's reply channel, when plugins are configured.
     pipe: Option<(Arc<PipeClient>, WorkerHandle)>,
+    /// The plugin child's stdout, registered in this worker's poll, when this worker holds it.
+    reply_pipe: Option<ReplyPipe>,
+    /// The child generation `reply_pipe` was last attached for (0: none yet).
+    reply_gen: u64,
     /// The gRPC plugin server client and this worker's reply channel.
     grpc: Option<(Arc<GrpcClient>, WorkerHandle)>,
     /// Connections that yielded while still able to progress; driven again before polling.
@@ -199,6 +206,8 @@ impl Worker {
                 next_tick: now + TICK,
                 draining_since: None,
                 pipe,
+                reply_pipe: None,
+                reply_gen: 0,
                 grpc,
                 again: Vec::with_capacity(64),
                 waker: Arc::clone(&waker),
@@ -243,6 +252,9 @@ impl Worker {
             // The hook calls of this round go to the plugin in one write (see dispatch_deferred).
             if let Some((pipe, _)) = &self.pipe {
                 pipe.flush();
+                if pipe.generation() != self.reply_gen {
+                    self.attach_reply_pipe();
+                }
             }
             if let Err(e) = self.poll.poll(&mut events, timeout) {
                 if e.kind() != ErrorKind::Interrupted {
@@ -256,6 +268,7 @@ impl Worker {
                 match ev.token() {
                     LISTENER => self.accept(),
                     WAKER => self.drain_replies(),
+                    PIPE_REPLIES => self.read_pipe_replies(),
                     Token(t) if t & 1 == 0 => {
                         let ci = t >> 1;
                         if let Some(c) = self.conns.get_mut(ci) {
@@ -1932,6 +1945,43 @@ impl Worker {
         c.st = St::Chain;
         // Safety net only: the client answers every call by its deadline.
         c.arm(Deadline::Hook, self.now + timeout + Duration::from_secs(2));
+    }
+
+    /// Takes the current plugin child's stdout into this worker's poll (the first worker to ask
+    /// gets it; see [`ReplyPipe`]), letting go of the previous child's.
+    fn attach_reply_pipe(&mut self) {
+        let Some((pipe, handle)) = &self.pipe else {
+            return;
+        };
+        self.reply_gen = pipe.generation();
+        if let Some(old) = self.reply_pipe.take() {
+            let _ = self.poll.registry().deregister(&mut SourceFd(&old.fd()));
+        }
+        let Some(rp) = pipe.attach_replies(handle.id) else {
+            return;
+        };
+        let registered = self.poll.registry().register(
+            &mut SourceFd(&rp.fd()),
+            PIPE_REPLIES,
+            Interest::READABLE,
+        );
+        match registered {
+            Ok(()) => self.reply_pipe = Some(rp),
+            // Dropping the hold leaves the replies to the client's reader thread.
+            Err(e) => tracing::warn!(worker = self.id, "cannot poll the plugin's stdout: {e}"),
+        }
+    }
+
+    /// Reads the replies waiting on the plugin child's stdout, then handles this worker's.
+    fn read_pipe_replies(&mut self) {
+        if let (Some((pipe, _)), Some(rp)) = (&self.pipe, &self.reply_pipe) {
+            if !pipe.read_replies(rp) {
+                // The child's stream ended; its restart publishes a new generation.
+                let _ = self.poll.registry().deregister(&mut SourceFd(&rp.fd()));
+                self.reply_pipe = None;
+            }
+        }
+        self.drain_replies();
     }
 
     /// Takes every reply queued for this worker.
