@@ -13,7 +13,7 @@ use pipegate::config::{self, ApiDefinition};
 use pipegate::coprocess::object::{HookType, Object};
 use pipegate::http::{self, headers, BodyKind, RequestHead};
 use pipegate::middleware::chain::{self, LocalResponse, Outcome, RequestState, RequestView};
-use pipegate::proxy::{write_request_head, Outbound};
+use pipegate::proxy::{write_request_head, ClientIp, Outbound};
 use std::path::Path;
 use std::sync::{Arc, OnceLock};
 
@@ -102,7 +102,7 @@ fuzz_target!(|data: &[u8]| {
             } else {
                 BodyKind::Length(new_len)
             };
-            let peer = "192.0.2.1:4000".parse().expect("literal address");
+            let client_ip = ClientIp::new([192, 0, 2, 1].into());
             let mut out = Vec::new();
             write_request_head(
                 &Outbound {
@@ -110,7 +110,7 @@ fuzz_target!(|data: &[u8]| {
                     head: &head,
                     api,
                     edits,
-                    peer: &peer,
+                    client_ip: &client_ip,
                     body: framing,
                     scheme: "http",
                 },

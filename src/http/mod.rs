@@ -13,6 +13,8 @@ pub mod response;
 
 pub use chunked::{ChunkError, ChunkedDecoder};
 
+use std::mem::MaybeUninit;
+
 /// Most request headers accepted; more is answered 431.
 pub const MAX_HEADERS: usize = 128;
 
@@ -183,9 +185,10 @@ pub fn parse_request(
     head: &mut RequestHead,
     max_header_bytes: usize,
 ) -> Result<bool, HttpError> {
-    let mut raw = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut req = httparse::Request::new(&mut raw);
-    let len = match req.parse(buf) {
+    // Left uninitialised: filling 128 empty headers costs more than parsing a short head.
+    let mut raw = [const { MaybeUninit::<httparse::Header>::uninit() }; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut []);
+    let len = match req.parse_with_uninit_headers(buf, &mut raw) {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) => {
             if buf.len() >= max_header_bytes {
@@ -415,6 +418,9 @@ pub struct ResponseHead {
     pub chunked: bool,
     /// The upstream asked to close the connection after this response.
     pub close: bool,
+    /// The Connection header lists header names (besides close/keep-alive), which are then
+    /// hop-by-hop for this response.
+    pub connection_tokens: bool,
 }
 
 /// Parses an upstream response head. `Ok(false)` means more bytes are needed.
@@ -423,9 +429,11 @@ pub fn parse_response(
     head: &mut ResponseHead,
     max_header_bytes: usize,
 ) -> Result<bool, &'static str> {
-    let mut raw = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut resp = httparse::Response::new(&mut raw);
-    let len = match resp.parse(buf) {
+    let mut raw = [const { MaybeUninit::<httparse::Header>::uninit() }; MAX_HEADERS];
+    let mut resp = httparse::Response::new(&mut []);
+    let len = match httparse::ParserConfig::default()
+        .parse_response_with_uninit_headers(&mut resp, buf, &mut raw)
+    {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) => {
             if buf.len() >= max_header_bytes {
@@ -443,6 +451,7 @@ pub fn parse_response(
     head.content_length = None;
     head.chunked = false;
     head.close = head.http10;
+    head.connection_tokens = false;
     for h in resp.headers.iter() {
         let name = h.name.as_bytes();
         let value = trim(h.value);
@@ -464,8 +473,12 @@ pub fn parse_response(
             for tok in value.split(|&b| b == b',').map(trim) {
                 if tok.eq_ignore_ascii_case(b"close") {
                     head.close = true;
-                } else if tok.eq_ignore_ascii_case(b"keep-alive") && head.http10 {
-                    head.close = false;
+                } else if tok.eq_ignore_ascii_case(b"keep-alive") {
+                    if head.http10 {
+                        head.close = false;
+                    }
+                } else if !tok.is_empty() {
+                    head.connection_tokens = true;
                 }
             }
         }
@@ -614,5 +627,24 @@ mod tests {
         assert!(parse_response(s, &mut r, 8192).unwrap());
         assert_eq!(r.body_kind(false), BodyKind::UntilClose);
         assert!(r.close);
+    }
+
+    #[test]
+    fn response_connection_tokens_are_noted_only_for_header_names() {
+        let mut r = ResponseHead::default();
+        for (conn, tokens, close) in [
+            ("keep-alive", false, false),
+            ("Keep-Alive , close", false, true),
+            ("keep-alive, X-Up-Hop", true, false),
+            ("X-Up-Hop", true, false),
+            (" , ", false, false),
+        ] {
+            let s = format!("HTTP/1.1 200 OK\r\nConnection: {conn}\r\nContent-Length: 0\r\n\r\n");
+            assert!(parse_response(s.as_bytes(), &mut r, 8192).unwrap());
+            assert_eq!((r.connection_tokens, r.close), (tokens, close), "{conn:?}");
+        }
+        // Reset for the next response on the same head.
+        assert!(parse_response(b"HTTP/1.1 204 No Content\r\n\r\n", &mut r, 8192).unwrap());
+        assert!(!r.connection_tokens);
     }
 }

@@ -9,6 +9,7 @@ use mio::net::TcpStream;
 use crate::config::ApiDefinition;
 use crate::http::{BodyKind, ChunkedDecoder, RequestHead, ResponseHead};
 use crate::middleware::chain::{Phase, RequestState};
+use crate::proxy::ClientIp;
 
 /// Initial size of a connection's read buffer; grows up to the header limit for large heads.
 pub const CLIENT_BUF: usize = 16 * 1024;
@@ -74,6 +75,8 @@ pub struct Conn {
     pub tls: Option<Box<rustls::ServerConnection>>,
     /// Client address.
     pub peer: SocketAddr,
+    /// `peer`'s address as text, for X-Forwarded-For.
+    pub client_ip: ClientIp,
     /// Read buffer: `rbuf[..rlen]` holds the current head (from 0) followed by unconsumed bytes.
     pub rbuf: Vec<u8>,
     /// Valid bytes in `rbuf`.
@@ -166,6 +169,7 @@ impl Conn {
             sock,
             tls,
             peer,
+            client_ip: ClientIp::new(peer.ip()),
             // Lent by the worker's buffer pool when the first bytes arrive.
             rbuf: Vec::new(),
             rlen: 0,

@@ -958,7 +958,7 @@ impl Worker {
                 head: &c.head,
                 api: &api,
                 edits: c.req.edits.as_deref(),
-                peer: &c.peer,
+                client_ip: &c.client_ip,
                 body,
                 scheme: c.scheme(),
             },
@@ -2338,12 +2338,25 @@ fn flush(
     Ok(moved)
 }
 
+/// Writes a status code's three digits (what `write!` would, without the formatting machinery,
+/// which costs more than the rest of a short head).
+fn write_status_code(out: &mut Vec<u8>, status: u16) {
+    if (100..1000).contains(&status) {
+        let digit = |d: u16| b'0' + (d % 10) as u8;
+        out.extend_from_slice(&[digit(status / 100), digit(status / 10), digit(status)]);
+    } else {
+        let _ = write!(out, "{status}");
+    }
+}
+
 /// Writes the client-facing response head: the upstream's status and headers minus hop-by-hop
 /// ones, with framing and connection headers chosen for this client.
 fn write_response_head(c: &mut Conn, ubuf: &[u8]) {
     let r = &c.resp;
     let out = &mut c.wbuf;
-    let _ = write!(out, "HTTP/1.1 {} ", r.status);
+    out.extend_from_slice(b"HTTP/1.1 ");
+    write_status_code(out, r.status);
+    out.push(b' ');
     let reason = r.reason.of(ubuf);
     if reason.is_empty() {
         out.extend_from_slice(response::reason(r.status).as_bytes());
@@ -2351,11 +2364,16 @@ fn write_response_head(c: &mut Conn, ubuf: &[u8]) {
         out.extend_from_slice(reason);
     }
     out.extend_from_slice(b"\r\n");
-    let conn_hdr = r
-        .headers
-        .iter()
-        .find(|h| h.name.of(ubuf).eq_ignore_ascii_case(b"connection"))
-        .map(|h| h.value.of(ubuf));
+    // Only a Connection header naming other headers makes them hop-by-hop (the usual
+    // "keep-alive" names none, and then no header needs checking against it).
+    let conn_hdr = if r.connection_tokens {
+        r.headers
+            .iter()
+            .find(|h| h.name.of(ubuf).eq_ignore_ascii_case(b"connection"))
+            .map(|h| h.value.of(ubuf))
+    } else {
+        None
+    };
     for h in &r.headers {
         let name = h.name.of(ubuf);
         if http::headers::is_hop_by_hop(name) {
