@@ -34,8 +34,11 @@ import threading
 import time
 import traceback
 
+from tyk.decorators import HandlerDecorator
+
 from . import objects
 from .objects import (
+    Changes,
     MiniRequestObject,
     Object,
     ResponseObject,
@@ -43,8 +46,9 @@ from .objects import (
     TykCoProcessRequest,
     clean,
     is_empty,
+    tracked,
 )
-from .wire import PROTOCOL_VERSION, FrameReader, ProtocolError, decode, encode
+from .wire import PROTOCOL_VERSION, FrameReader, ProtocolError, decode, encode, frame_encoder
 
 DEFAULT_NAME = "pipegate-python"
 DEFAULT_WORKERS = 16
@@ -245,12 +249,13 @@ class Registry(object):
     # --- dispatch ------------------------------------------------------------------------------
 
     def find_hook(self, spec, name):
-        bundle = self.bundles.get(spec.get("bundle_hash") or "")
-        if bundle is None:
-            bundle_hash = self.api_bundle.get(spec.get("APIID") or "")
-            bundle = self.bundles.get(bundle_hash) if bundle_hash else None
-        if bundle is not None and name in bundle.handlers.hooks:
-            return bundle.handlers.hooks[name]
+        if self.bundles:
+            bundle = self.bundles.get(spec.get("bundle_hash") or "")
+            if bundle is None:
+                bundle_hash = self.api_bundle.get(spec.get("APIID") or "")
+                bundle = self.bundles.get(bundle_hash) if bundle_hash else None
+            if bundle is not None and name in bundle.handlers.hooks:
+                return bundle.handlers.hooks[name]
         hook = self.global_handlers.hooks.get(name)
         if hook is None:
             raise HookError(
@@ -315,9 +320,11 @@ def _sub(wire, key):
 
 def _as_dict(value, cls, what, hook):
     if isinstance(value, TykCoProcessRequest):
-        return value.object.to_dict()
+        obj = value.object
+        # The runner's own look at the dict: not an escape (see objects.Changes).
+        return obj._w if isinstance(obj, objects.Message) else obj.to_dict()
     if isinstance(value, objects.Message):
-        return value.to_dict()
+        return value._w
     if isinstance(value, dict):
         return value
     raise HookError(
@@ -331,87 +338,6 @@ def _unpack(result, count, hook, shape):
     raise HookError("hook %r must return %s; it returned %r" % (hook.name, shape, result))
 
 
-_CONTAINER_FIELDS = {}
-
-
-def _container_fields(cls):
-    """``(name, kind)`` of the fields of ``cls`` that hold maps, lists or messages (cached)."""
-    fields = _CONTAINER_FIELDS.get(cls)
-    if fields is None:
-        fields = _CONTAINER_FIELDS[cls] = [
-            (k, kind) for k, kind in cls.FIELDS.items() if kind == objects.MAP or not isinstance(kind, str)
-        ]
-    return fields
-
-
-def _snap(cls, d):
-    """A copy of message dict ``d`` deep enough that no later change to ``d`` shows in it: the
-    "before" picture of a partial reply. Schema-driven (maps of strings are copied in C, only
-    nested messages recurse), so it costs a few microseconds, far less than ``copy.deepcopy`` or
-    a second decode. Fields the schema does not know are not copied: the gateway ignores them."""
-    if type(d) is not dict:
-        return d
-    out = dict(d)
-    for k, kind in _container_fields(cls):
-        v = out.get(k)
-        if v is None:
-            continue
-        if kind == objects.MAP:
-            out[k] = dict(v) if type(v) is dict else v
-            continue
-        tag = kind[0]
-        if tag == objects.LIST:
-            out[k] = list(v) if type(v) is list else v
-        elif tag == "msg":
-            out[k] = _snap(kind[1], v)
-        elif tag == "msgmap" and type(v) is dict:
-            out[k] = {mk: _snap(kind[1], mv) for mk, mv in v.items()}
-        elif tag == "msglist" and type(v) is list:
-            out[k] = [_snap(kind[1], x) for x in v]
-    return out
-
-
-def _changed(cls, now, before):
-    """The fields of message dict ``now`` that differ from ``before`` (its snapshot), coerced
-    to their wire types; ``{}`` when nothing changed. Values are compared with ``==``, one deep
-    comparison done in C."""
-    if not isinstance(before, dict):
-        return clean(cls, now)
-    return clean(cls, {k: v for k, v in now.items() if k not in before or before[k] != v})
-
-
-def _partial_reply(wire, pristine, request_d, session_d, session_in, metadata, response_d):
-    """The reply the pipe protocol allows: absent means unchanged (PROTOCOL.md section 5).
-
-    Coercing and encoding only what a hook changed is most of the runner's speed: a typical hook
-    touches one or two fields of an object with a dozen headers. The result applies exactly as
-    the whole echoed object would: request fields are applied one by one; an auth_check hook's
-    session and metadata go back whole (the gateway installs them as they are); the response's
-    ``headers`` and ``multivalue_headers`` travel together because the gateway syncs one with the
-    other.
-    """
-    out = {}
-    req = _changed(MiniRequestObject, request_d, pristine.get("request"))
-    if req:
-        out["request"] = req
-    auth = wire.get("hook_type") == "CustomKeyCheck"
-    if auth or session_d != (pristine.get("session") or {}):
-        if session_in is not None or not is_empty(SessionState, session_d):
-            out["session"] = clean(SessionState, session_d)
-    if auth or metadata != (pristine.get("metadata") or {}):
-        out["metadata"] = clean(Object, {"metadata": metadata}).get("metadata", {})
-    if response_d is not None:
-        before = pristine.get("response")
-        resp = _changed(ResponseObject, response_d, before)
-        if resp and ("headers" in resp or "multivalue_headers" in resp):
-            for k in ("headers", "multivalue_headers"):
-                if k not in resp and k in response_d:
-                    resp[k] = clean(ResponseObject, {k: response_d[k]}).get(k)
-        if resp:
-            out["response"] = resp
-    return out
-
-
 def run_hook(hook, wire, partial=False):
     """Call ``hook`` with Tyk's arguments for its arity and fold its results back into ``wire``.
 
@@ -420,34 +346,49 @@ def run_hook(hook, wire, partial=False):
     4-argument (auth) hook is merged into ``session.metadata``. The whole object is returned, or,
     with ``partial``, only what the hook changed (the pipe protocol's "absent means unchanged").
     """
-    pristine = None
-    if partial:
-        md = wire.get("metadata")
-        pristine = {
-            "request": _snap(MiniRequestObject, wire.get("request")),
-            "session": _snap(SessionState, wire.get("session")),
-            "metadata": dict(md) if type(md) is dict else md,
-            "response": _snap(ResponseObject, wire.get("response")),
-        }
-    request_d = _sub(wire, "request")
-    if request_d is None:
-        request_d = wire["request"] = {}
-    session_in = _sub(wire, "session")
-    session_d = session_in if session_in is not None else {}
-    metadata = _sub(wire, "metadata")
-    if metadata is None:
+    get = wire.get
+    request_in = get("request")
+    if type(request_in) is not dict and not isinstance(request_in, dict):
+        request_in = None
+        wire["request"] = request_d = {}
+    else:
+        request_d = request_in
+    session_in = get("session")
+    if session_in is not None and not isinstance(session_in, dict):
+        session_in = None
+    session_d = session_base = session_in if session_in is not None else {}
+    metadata = get("metadata")
+    if type(metadata) is not dict and not isinstance(metadata, dict):
         metadata = {}
     spec = wire["spec"]
-
-    request = TykCoProcessRequest(MiniRequestObject(request_d))
-    session = SessionState(session_d)
-    response_d = None
     n = hook.arg_count
+    # Tyk's decorators only forward the call: skip that frame (a subclass's own __call__ stays).
+    call = hook.f if type(hook).__call__ is HandlerDecorator.__call__ else hook
+
+    # With ``partial`` the views record what the hook touches (objects.Changes) rather than the
+    # runner copying the whole object before every call. Metadata is a plain dict the hook gets
+    # as it is, so it is copied, for the arities that receive it.
+    req_changes = sess_changes = resp_changes = None
+    md_before = metadata
+    if partial:
+        req_changes = Changes() if request_in is not None else Changes.empty()
+        # No session (pre and auth hooks): the reply compares the hook's session with {}.
+        if session_in is not None:
+            sess_changes = Changes()
+        if n != 3:
+            md_before = dict(metadata)
+    request = TykCoProcessRequest(tracked(MiniRequestObject, request_d, req_changes))
+    session = tracked(SessionState, session_d, sess_changes)
+    request_base = request_d
+    response_d = response_base = None
 
     if n == 5:
         response_in = _sub(wire, "response")
-        response_d = response_in if response_in is not None else {}
-        result = hook(request, ResponseObject(response_d), session, metadata, spec)
+        response_d = response_base = response_in if response_in is not None else {}
+        if partial:
+            resp_changes = Changes() if response_in is not None else Changes.empty()
+        result = call(request, tracked(ResponseObject, response_d, resp_changes), session,
+                      metadata, spec)
         if result is not None:
             if isinstance(result, (tuple, list)):
                 raise HookError(
@@ -455,7 +396,7 @@ def run_hook(hook, wire, partial=False):
                 )
             response_d = _as_dict(result, ResponseObject, "response", hook)
     elif n == 4:
-        result = hook(request, session, metadata, spec)
+        result = call(request, session, metadata, spec)
         if result is not None:
             req, sess, md = _unpack(result, 3, hook, "(request, session, metadata)")
             request_d = _as_dict(req, MiniRequestObject, "request", hook)
@@ -465,12 +406,14 @@ def run_hook(hook, wire, partial=False):
                     raise HookError("hook %r returned metadata that is not a dict" % hook.name)
                 metadata = md
         if metadata:
+            if sess_changes is not None and session_d is session_base:
+                sess_changes.record(SessionState, session_d, "metadata")
             sm = session_d.get("metadata")
             if not isinstance(sm, dict):
                 sm = session_d["metadata"] = {}
             sm.update(metadata)
     elif n == 3:
-        result = hook(request, session, spec)
+        result = call(request, session, spec)
         if result is not None:
             req, sess = _unpack(result, 2, hook, "(request, session)")
             request_d = _as_dict(req, MiniRequestObject, "request", hook)
@@ -482,20 +425,45 @@ def run_hook(hook, wire, partial=False):
             % (hook.name, n)
         )
 
-    if pristine is not None:
-        return _partial_reply(
-            wire, pristine, request_d, session_d, session_in, metadata, response_d
-        )
-    out = dict(wire)
-    out["request"] = request_d
-    out["metadata"] = metadata
-    if session_in is not None or not is_empty(SessionState, session_d):
-        out["session"] = session_d
-    else:
-        out.pop("session", None)
+    if not partial:
+        out = dict(wire)
+        out["request"] = request_d
+        out["metadata"] = metadata
+        if session_in is not None or not is_empty(SessionState, session_d):
+            out["session"] = session_d
+        else:
+            out.pop("session", None)
+        if response_d is not None:
+            out["response"] = response_d
+        return clean(Object, out)
+
+    # The reply the pipe protocol allows: absent means unchanged (PROTOCOL.md section 5). The
+    # result applies exactly as the whole echoed object would: request fields are applied one by
+    # one; an auth_check hook's session and metadata go back whole (the gateway installs them as
+    # they are); the response's ``headers`` and ``multivalue_headers`` travel together because
+    # the gateway syncs one with the other.
+    out = {}
+    req = req_changes.changed(MiniRequestObject, request_d, request_base)
+    if req:
+        out["request"] = req
+    auth = wire.get("hook_type") == "CustomKeyCheck"
+    if auth or (
+        sess_changes.differs(session_d, session_base) if sess_changes is not None
+        else session_d != {}
+    ):
+        if session_in is not None or not is_empty(SessionState, session_d):
+            out["session"] = clean(SessionState, session_d)
+    if auth or (metadata is not md_before and metadata != md_before):
+        out["metadata"] = clean(Object, {"metadata": metadata}).get("metadata", {})
     if response_d is not None:
-        out["response"] = response_d
-    return clean(Object, out)
+        resp = resp_changes.changed(ResponseObject, response_d, response_base)
+        if resp and ("headers" in resp or "multivalue_headers" in resp):
+            for k in ("headers", "multivalue_headers"):
+                if k not in resp and k in response_d:
+                    resp[k] = clean(ResponseObject, {k: response_d[k]}).get(k)
+        if resp:
+            out["response"] = resp
+    return out
 
 
 class WorkerPool(object):
@@ -633,6 +601,8 @@ class Runner(object):
         self.slow_hooks = {}
         self._moves = {}
         self._out = []
+        # Inline replies are encoded on the reading thread only: it may keep one Packer.
+        self._encode = frame_encoder()
 
     def _flush(self):
         if self._out:
@@ -677,7 +647,7 @@ class Runner(object):
                 self.pool.submit(self._pooled, mid, wire, name)
             else:
                 started = time.perf_counter()
-                self._out.append(self._reply(mid, wire))
+                self._out.append(self._reply(mid, wire, self._encode))
                 if time.perf_counter() - started > self.inline_threshold:
                     self._to_pool(name)
         elif kind == "hello":
@@ -729,9 +699,9 @@ class Runner(object):
             if state[0] >= state[1]:
                 self.slow_hooks.pop(name, None)
 
-    def _reply(self, mid, wire):
-        """Run one dispatch and return its reply frame (an error reply if the hook failed)."""
-        name = wire.get("hook_name", "") if isinstance(wire, dict) else ""
+    def _reply(self, mid, wire, encode=encode):
+        """Run one dispatch and return its reply frame (an error reply if the hook failed).
+        ``encode`` is the calling thread's encoder."""
         try:
             frame = encode({"id": mid, "object": self.registry.dispatch(wire, partial=True)})
         except HookError as e:
@@ -739,6 +709,7 @@ class Runner(object):
             _log(str(e), "error")
             frame = encode({"id": mid, "error": str(e)})
         except Exception as e:
+            name = wire.get("hook_name", "") if isinstance(wire, dict) else ""
             sys.stderr.write("pipegate runner: hook %r failed:\n" % (name,))
             traceback.print_exc(file=sys.stderr)
             sys.stderr.flush()
