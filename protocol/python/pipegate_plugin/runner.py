@@ -34,6 +34,11 @@ import threading
 import time
 import traceback
 
+try:
+    import resource
+except ImportError:  # not on every OS; only used to tell waiting from preemption
+    resource = None
+
 from tyk.decorators import HandlerDecorator
 
 from . import objects
@@ -57,6 +62,20 @@ DEFAULT_INLINE_THRESHOLD_MS = 1.0
 # A hook moved to the pool comes back inline after this many fast calls in a row; each further
 # move doubles it, so a hook that is only sometimes slow settles on the pool.
 _FAST_CALLS_TO_RETURN = 100
+# After a slow inline call, this many further calls of the hook are watched for a slow call that
+# waited (see Runner._watched_reply).
+_WATCHED_CALLS = 100
+
+
+_RUSAGE_THREAD = getattr(resource, "RUSAGE_THREAD", None)
+
+
+def _voluntary_switches():
+    """How often the calling thread gave up the CPU by itself (blocked on I/O, a sleep, a lock),
+    as opposed to being preempted; None where the OS does not count it per thread."""
+    if _RUSAGE_THREAD is None:
+        return None
+    return resource.getrusage(_RUSAGE_THREAD).ru_nvcsw
 
 
 def _log(msg, level="info"):
@@ -600,6 +619,8 @@ class Runner(object):
         # Hook names on the pool -> [fast pool calls in a row, calls needed to move back].
         self.slow_hooks = {}
         self._moves = {}
+        # Hook names that were slow once inline -> how many more calls to watch.
+        self._watched = {}
         self._out = []
         # Inline replies are encoded on the reading thread only: it may keep one Packer.
         self._encode = frame_encoder()
@@ -645,11 +666,14 @@ class Runner(object):
             name = wire.get("hook_name", "") if isinstance(wire, dict) else ""
             if self.inline_threshold <= 0 or name in self.slow_hooks:
                 self.pool.submit(self._pooled, mid, wire, name)
+            elif name in self._watched:
+                self._out.append(self._watched_reply(mid, wire, name))
             else:
                 started = time.perf_counter()
                 self._out.append(self._reply(mid, wire, self._encode))
                 if time.perf_counter() - started > self.inline_threshold:
-                    self._to_pool(name)
+                    # It waited (I/O, a sleep) or the box preempted it: its next calls tell.
+                    self._watched[name] = _WATCHED_CALLS
         elif kind == "hello":
             self._hello(msg)
         elif kind == "event":
@@ -674,6 +698,29 @@ class Runner(object):
         if self.announce_hooks and self.registry.has_cli_modules:
             reply["hooks"] = self.registry.hook_names()
         self._send(reply)
+
+    def _watched_reply(self, mid, wire, name):
+        """An inline call of a hook that was slow before. A slow call during which the thread
+        gave up the CPU by itself (a voluntary context switch: it waited on I/O, a sleep, a
+        lock) moves the hook to the pool. A call that was only slow because other processes got
+        the CPU does not: on a busy box that happens to any hook now and then, the pool cannot
+        help it (the GIL runs one hook at a time anyway), and a pool call costs about twice the
+        CPU of an inline one (thread hand-offs). Counting switches is a system call, so only
+        watched calls pay for it."""
+        switches = _voluntary_switches()
+        started = time.perf_counter()
+        frame = self._reply(mid, wire, self._encode)
+        if (time.perf_counter() - started > self.inline_threshold
+                and (switches is None or _voluntary_switches() != switches)):
+            self._watched.pop(name, None)
+            self._to_pool(name)
+        else:
+            left = self._watched.get(name, 1) - 1
+            if left > 0:
+                self._watched[name] = left
+            else:
+                self._watched.pop(name, None)
+        return frame
 
     def _to_pool(self, name):
         moves = self._moves.get(name, 0)
