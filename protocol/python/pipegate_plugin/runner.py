@@ -352,6 +352,8 @@ def _as_dict(value, cls, what, hook):
 
 
 def _unpack(result, count, hook, shape):
+    if type(result) is tuple and len(result) == count:
+        return result
     if isinstance(result, (tuple, list)) and len(result) == count:
         return result
     raise HookError("hook %r must return %s; it returned %r" % (hook.name, shape, result))
@@ -396,7 +398,8 @@ def run_hook(hook, wire, partial=False):
             sess_changes = Changes()
         if n != 3:
             md_before = dict(metadata)
-    request = TykCoProcessRequest(tracked(MiniRequestObject, request_d, req_changes))
+    request_view = tracked(MiniRequestObject, request_d, req_changes)
+    request = TykCoProcessRequest(request_view)
     session = tracked(SessionState, session_d, sess_changes)
     request_base = request_d
     response_d = response_base = None
@@ -418,8 +421,10 @@ def run_hook(hook, wire, partial=False):
         result = call(request, session, metadata, spec)
         if result is not None:
             req, sess, md = _unpack(result, 3, hook, "(request, session, metadata)")
-            request_d = _as_dict(req, MiniRequestObject, "request", hook)
-            session_d = _as_dict(sess, SessionState, "session", hook)
+            if req is not request or req.object is not request_view:
+                request_d = _as_dict(req, MiniRequestObject, "request", hook)
+            if sess is not session:
+                session_d = _as_dict(sess, SessionState, "session", hook)
             if md is not None:
                 if not isinstance(md, dict):
                     raise HookError("hook %r returned metadata that is not a dict" % hook.name)
@@ -435,8 +440,11 @@ def run_hook(hook, wire, partial=False):
         result = call(request, session, spec)
         if result is not None:
             req, sess = _unpack(result, 2, hook, "(request, session)")
-            request_d = _as_dict(req, MiniRequestObject, "request", hook)
-            session_d = _as_dict(sess, SessionState, "session", hook)
+            # The usual ``return request, session`` hands back what went in: nothing to look up.
+            if req is not request or req.object is not request_view:
+                request_d = _as_dict(req, MiniRequestObject, "request", hook)
+            if sess is not session:
+                session_d = _as_dict(sess, SessionState, "session", hook)
     else:
         raise HookError(
             "hook %r takes %d arguments; Tyk hooks take 3 (request, session, spec), 4 (request, "

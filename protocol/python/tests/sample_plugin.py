@@ -81,6 +81,12 @@ def Slow(request, session, spec):
 
 
 @Hook
+def Noop(request, session, spec):
+    request.get_header("Authorization")
+    return request, session
+
+
+@Hook
 def Busy(request, session, spec):
     # Slow on the CPU alone (no sleep, no I/O).
     end = time.perf_counter() + 0.005

@@ -368,6 +368,25 @@ class ConcurrencyTest(RunnerTestCase):
         self.assertEqual(ids, list(range(1, n + 1)))
         self.assertFalse(any("took over" in l for l in self.child.stderr_lines))
 
+    def test_one_batch_of_mixed_hooks_is_answered_in_order_with_only_the_changes(self):
+        names = ["Noop", "PreDeny", "Fast", "Noop", "PreBody"] * 4
+        self.child.proc.stdin.write(
+            b"".join(frame(dispatch(i + 1, n)) for i, n in enumerate(names)))
+        self.child.proc.stdin.flush()
+        for i, name in enumerate(names):
+            r = self.child.recv()
+            self.assertEqual(r["id"], i + 1)
+            obj = r["object"]
+            if name == "Noop":
+                self.assertEqual(obj, {}, "a hook that changes nothing sends nothing back")
+            elif name == "PreDeny":
+                self.assertEqual(list(obj), ["request"])
+                self.assertEqual(obj["request"]["return_overrides"]["response_code"], 403)
+            elif name == "Fast":
+                self.assertEqual(obj, {"request": {"set_headers": {"X-Fast": "1"}}})
+            else:
+                self.assertEqual(obj, {"request": {"raw_body": b"HELLO\x00\xff"}})
+
     def test_many_pipelined_requests_all_answered(self):
         n = 300
         self.child.proc.stdin.write(b"".join(frame(dispatch(i, "Fast")) for i in range(1, n + 1)))
