@@ -7,14 +7,18 @@
   APIs of that bundle, looked up by ``spec["bundle_hash"]`` plus the hook name (the way Tyk's Python
   dispatcher finds bundle hooks), falling back to the command-line modules.
 - Fast hooks run inline on the reading thread, and the replies to every frame that arrived in one
-  read go out in one write: no thread hand-off per call. A hook that once takes longer than
-  ``--inline-threshold-ms`` (default 1 ms: a network call, a sleep) is moved to a pool of threads
-  from then on, so it does not hold up the others; it moves back after 100 fast calls in a row
-  (200, 400, ... after each further move, so a hook that is only sometimes slow stays there).
+  read go out in one write: no thread hand-off per call. A hook that takes longer than
+  ``--inline-threshold-ms`` (default 1 ms) gets its next calls watched, and one of them that is
+  slow because it waited (a network call, a sleep: see :meth:`Runner._watched_reply`) moves the
+  hook to a pool of threads, so it does not hold up the others; it moves back after 100 fast
+  calls in a row (200, 400, ... after each further move, so a hook that is only sometimes slow
+  stays there).
   Pool replies go out in completion order through one writer thread that batches them. This is
   the difference from Tyk's embedded Python, where one global lock serializes every call.
 - Replies carry only what the hook changed (the protocol's "absent means unchanged"), which is
   what makes the runner fast: coercing and encoding a whole object costs more than most hooks.
+  The message views record the fields a hook touches (objects.Changes), so finding the changes
+  does not take a copy of the whole object per call either.
 - A hook that raises gets an error reply (the gateway answers 500, or 403 for auth) and its
   traceback goes to stderr; the runner keeps serving.
 - End of stdin means shutdown: in-flight hooks get a short grace period, then the runner exits 0.
