@@ -849,3 +849,18 @@ class TykCoProcessRequest(object):
 
     def __repr__(self):
         return "TykCoProcessRequest(%r)" % (self.object,)
+
+
+_set_object = TykCoProcessRequest.__dict__["object"].__set__
+
+
+def tracked_request(data, changes):
+    """The ``request`` a hook gets: a TykCoProcessRequest around a MiniRequestObject view of
+    ``data`` recording into ``changes``, and that view. For the runner: built without the
+    ``__init__`` checks, in one call, since this happens on every dispatch."""
+    view = _new(MiniRequestObject)
+    _set_w(view, data)
+    _set_t(view, changes)
+    request = _new(TykCoProcessRequest)
+    _set_object(request, view)
+    return request, view

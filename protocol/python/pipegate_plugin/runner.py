@@ -56,6 +56,7 @@ from .objects import (
     clean,
     is_empty,
     tracked,
+    tracked_request,
 )
 from .wire import PROTOCOL_VERSION, FrameReader, ProtocolError, decode, encode, frame_encoder
 
@@ -296,7 +297,10 @@ class Registry(object):
         if not isinstance(spec, dict):
             spec = wire["spec"] = {}
         name = wire.get("hook_name") or ""
-        hook = self.find_hook(spec, name)
+        # Without bundles the lookup is one dict access; find_hook handles the rest.
+        hook = None if self.bundles else self.global_handlers.hooks.get(name)
+        if hook is None:
+            hook = self.find_hook(spec, name)
         return run_hook(hook, wire, partial)
 
     def find_event_handler(self, handler_name, api_id):
@@ -402,8 +406,7 @@ def run_hook(hook, wire, partial=False):
             sess_changes = Changes()
         if n != 3:
             md_before = dict(metadata)
-    request_view = tracked(MiniRequestObject, request_d, req_changes)
-    request = TykCoProcessRequest(request_view)
+    request, request_view = tracked_request(request_d, req_changes)
     session = tracked(SessionState, session_d, sess_changes)
     request_base = request_d
     response_d = response_base = None
