@@ -202,6 +202,10 @@ class Message(object):
         self._escape()
         return self._w
 
+    def __reduce__(self):
+        # copy.copy shares the dict (so it escapes), copy.deepcopy and pickle copy it.
+        return (type(self), (self.to_dict(),))
+
 
 _set_w = Message.__dict__["_w"].__set__
 _set_t = Message.__dict__["_t"].__set__

@@ -191,6 +191,13 @@ def second_view(request, session, spec):
     return request, session
 
 
+def shallow_copy(request, session, spec):
+    c = copy.copy(request.object)  # the same dict under another view
+    c.url = "/copied"
+    copy.deepcopy(session).rate = 1  # a separate copy: no change
+    return request, session
+
+
 def stale_container(request, session, spec):
     sh = request.object.set_headers
     sh["A"] = "1"
@@ -259,7 +266,8 @@ def response_to_dict(request, response, session, metadata, spec):
 HOOKS = [(Hook(f), THREE) for f in (
     add_header, noop, returns_none, reads_only, headers_map, scalars, same_values,
     nested_overrides, replace_overrides, deletes, unknown_field, to_dict, touched_then_escaped,
-    copy_from, copy_into_and_merge, new_objects, second_view, stale_container, session_nested,
+    copy_from, copy_into_and_merge, new_objects, second_view, shallow_copy, stale_container,
+    session_nested,
 )] + [(Hook(f), FOUR) for f in (
     auth_ok, auth_new_metadata, auth_refuses, auth_in_place,
 )] + [(Hook(f), FIVE) for f in (
@@ -324,6 +332,10 @@ class PartialReplyTest(unittest.TestCase):
     def test_a_copy_sharing_the_maps_is_compared_with_the_request_as_it_arrived(self):
         reply = run_hook(Hook(copy_from), obj("Pre", session=False), True)
         self.assertEqual(reply, {"request": {"set_headers": {"X-C": "1"}}})
+
+    def test_a_shallow_copy_is_the_same_request(self):
+        reply = run_hook(Hook(shallow_copy), obj("Post"), True)
+        self.assertEqual(reply, {"request": {"url": "/copied"}})
 
     def test_deleted_fields_are_not_sent(self):
         reply = run_hook(Hook(deletes), obj("Post"), True)
