@@ -89,7 +89,8 @@ class Message(object):
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
         for name, kind in cls.FIELDS.items():
-            setattr(cls, name, _field_reader(name, kind))
+            if name not in cls.__dict__:  # a subclass's own method or property wins, as before
+                setattr(cls, name, _field_reader(name, kind))
 
     def __init__(self, data=None, **fields):
         changes = None
