@@ -24,6 +24,9 @@ MAP = "map"  # map<string,string>
 LIST = "list"  # repeated scalar (element kind in the tuple)
 
 _SCALAR_DEFAULTS = {STR: "", INT: 0, FLOAT: 0.0, BOOL: False, BYTES: b""}
+_SLOTS = ("_w", "_t")
+# The Python type each scalar kind has on the wire.
+_WIRE_TYPES = {STR: str, INT: int, FLOAT: float, BOOL: bool, BYTES: bytes}
 
 
 def _coerce(kind, value):
@@ -68,60 +71,61 @@ def _map_value(value):
 
 
 class Message(object):
-    """Base class: a schema (``FIELDS``: name -> kind) plus the backing dict ``_d``."""
+    """Base class: a schema (``FIELDS``: name -> kind) plus the backing dict.
 
-    __slots__ = ("_d",)
+    The dict lives in the slot ``_w``; ``_t`` is the :class:`Changes` record of a message the
+    runner handed to a hook (None for messages a plugin builds itself). ``_d`` is the dict too,
+    for code that reaches for it; like :meth:`to_dict` it tells the record the dict escaped.
+
+    Each field of ``FIELDS`` is read through a descriptor the class gets when it is defined
+    (:func:`_field_reader`): far cheaper than ``__getattr__``, which Python only calls after a
+    failed lookup has built an AttributeError. ``__getattr__`` is left for fields the schema does
+    not know.
+    """
+
+    __slots__ = ("_w", "_t")
     FIELDS = {}
 
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        for name, kind in cls.FIELDS.items():
+            if name not in cls.__dict__:  # a subclass's own method or property wins, as before
+                setattr(cls, name, _field_reader(name, kind))
+
     def __init__(self, data=None, **fields):
+        changes = None
         if data is None:
             data = {}
         elif isinstance(data, Message):
-            data = data._d
+            # A second view of the same dict records into the same Changes.
+            changes = data._t
+            data = data._w
         elif not isinstance(data, dict):
             raise TypeError("%s needs a dict, got %s" % (type(self).__name__, type(data).__name__))
-        object.__setattr__(self, "_d", data)
+        _set_w(self, data)
+        _set_t(self, changes)
         for k, v in fields.items():
             setattr(self, k, v)
 
+    @property
+    def _d(self):
+        return self.to_dict()
+
     def __getattr__(self, name):
-        kind = type(self).FIELDS.get(name)
-        d = object.__getattribute__(self, "_d")
-        if kind is None:
-            if name in d:
-                return d[name]
-            raise AttributeError("%s has no field %r" % (type(self).__name__, name))
-        if isinstance(kind, str):
-            v = d.get(name)
-            if kind == MAP:
-                if not isinstance(v, dict):
-                    v = d[name] = {}
-                return v
-            return _SCALAR_DEFAULTS[kind] if v is None else v
-        tag = kind[0]
-        if tag == LIST:
-            v = d.get(name)
-            if not isinstance(v, list):
-                v = d[name] = list(v) if isinstance(v, tuple) else []
-            return v
-        v = d.get(name)
-        if tag == "msg":
-            if not isinstance(v, dict):
-                v = d[name] = {}
-            return kind[1](v)
-        if tag == "msgmap":
-            if not isinstance(v, dict):
-                v = d[name] = {}
-            return MessageMap(kind[1], v)
-        if tag == "msglist":
-            if not isinstance(v, list):
-                v = d[name] = []
-            return MessageList(kind[1], v)
-        raise AttributeError(name)
+        # Only names without a descriptor get here: fields this schema version does not know.
+        if name in _SLOTS:  # unset slot (object built without __init__): no recursion
+            raise AttributeError(name)
+        d = self._w
+        if name in d:
+            return d[name]
+        raise AttributeError("%s has no field %r" % (type(self).__name__, name))
 
     def __setattr__(self, name, value):
         kind = type(self).FIELDS.get(name)
-        d = object.__getattribute__(self, "_d")
+        d = self._w
+        t = self._t
+        if t is not None and name not in t and _WHOLE not in t:
+            t[name] = _copy_field(kind, d.get(name, ABSENT))
         if kind is None:
             # Unknown to this schema version: keep it so it round-trips.
             d[name] = value
@@ -145,47 +149,333 @@ class Message(object):
             d[name] = [_unwrap(v) for v in src]
 
     def __delattr__(self, name):
-        object.__getattribute__(self, "_d").pop(name, None)
+        self._record(name)
+        self._w.pop(name, None)
+
+    def _record(self, name):
+        """Remember field ``name`` as it is, before a change."""
+        t = self._t
+        if t is not None:
+            t.record(type(self), self._w, name)
+
+    def _escape(self):
+        """The dict is leaving for code that may change it unseen: copy all of it now."""
+        t = self._t
+        if t is not None and _WHOLE not in t:
+            t[_WHOLE] = snapshot(type(self), self._w)
 
     def __eq__(self, other):
         if isinstance(other, Message):
-            return clean(type(self), self._d) == clean(type(other), other._d)
+            return clean(type(self), self._w) == clean(type(other), other._w)
         return NotImplemented
 
     __hash__ = None
 
     def __repr__(self):
-        return "%s(%r)" % (type(self).__name__, self._d)
+        return "%s(%r)" % (type(self).__name__, self._w)
 
     # A few protobuf message methods that Tyk plugins use.
     def HasField(self, name):
-        return name in self._d and not _is_default(type(self).FIELDS.get(name), self._d[name])
+        return name in self._w and not _is_default(type(self).FIELDS.get(name), self._w[name])
 
     def ClearField(self, name):
-        self._d.pop(name, None)
+        self._record(name)
+        self._w.pop(name, None)
 
     def CopyFrom(self, other):
-        self._d.clear()
-        self._d.update(_unwrap(other))
+        self._escape()
+        self._w.clear()
+        self._w.update(_unwrap(other))
 
     def MergeFrom(self, other):
+        self._escape()
         for k, v in _unwrap(other).items():
             kind = type(self).FIELDS.get(k)
             if kind == MAP or (isinstance(kind, tuple) and kind[0] == "msgmap"):
-                self._d.setdefault(k, {}).update(v)
+                self._w.setdefault(k, {}).update(v)
             elif isinstance(kind, tuple) and kind[0] in (LIST, "msglist"):
-                self._d.setdefault(k, []).extend(v)
+                self._w.setdefault(k, []).extend(v)
             else:
-                self._d[k] = v
+                self._w[k] = v
 
     def to_dict(self):
         """The backing wire dict (live, not a copy)."""
-        return self._d
+        self._escape()
+        return self._w
+
+    def __reduce__(self):
+        # copy.copy shares the dict (so it escapes), copy.deepcopy and pickle copy it.
+        return (type(self), (self.to_dict(),))
+
+
+_set_w = Message.__dict__["_w"].__set__
+_set_t = Message.__dict__["_t"].__set__
+_new = object.__new__
+
+
+def tracked(cls, data, changes):
+    """A ``cls`` view of wire dict ``data`` that records changes in ``changes`` (for the runner:
+    no ``__init__`` checks, the dict comes from the decoder)."""
+    view = _new(cls)
+    _set_w(view, data)
+    _set_t(view, changes)
+    return view
+
+
+# --- field readers -------------------------------------------------------------------------------
+
+
+class _Field(object):
+    """Reads one field of a message (a non-data descriptor: assignment goes to __setattr__)."""
+
+    __slots__ = ("name", "kind")
+
+    def __init__(self, name, kind):
+        self.name = name
+        self.kind = kind
+
+
+class _ScalarField(_Field):
+    """A scalar: the protobuf default when absent. Scalars are immutable, so reading one is not
+    recorded as a possible change."""
+
+    __slots__ = ("default",)
+
+    def __init__(self, name, kind):
+        _Field.__init__(self, name, kind)
+        self.default = _SCALAR_DEFAULTS[kind]
+
+    def __get__(self, msg, cls=None):
+        if msg is None:
+            return self
+        v = msg._w.get(self.name)
+        return self.default if v is None else v
+
+
+class _MapField(_Field):
+    """A map: handed out live, so it may be changed in place. The first time, the field is
+    copied into the message's Changes record (if it has one). The container readers below do
+    the same; each is written out whole because this runs on every access."""
+
+    __slots__ = ()
+
+    def __get__(self, msg, cls=None):
+        if msg is None:
+            return self
+        name = self.name
+        d = msg._w
+        v = d.get(name)
+        t = msg._t
+        if t is not None and name not in t and _WHOLE not in t:
+            t[name] = dict(v) if type(v) is dict else d.get(name, ABSENT)
+        if not isinstance(v, dict):
+            v = d[name] = {}
+        return v
+
+
+class _ListField(_Field):
+    __slots__ = ()
+
+    def __get__(self, msg, cls=None):
+        if msg is None:
+            return self
+        name = self.name
+        d = msg._w
+        v = d.get(name)
+        t = msg._t
+        if t is not None and name not in t and _WHOLE not in t:
+            t[name] = list(v) if type(v) is list else d.get(name, ABSENT)
+        if not isinstance(v, list):
+            v = d[name] = list(v) if isinstance(v, tuple) else []
+        return v
+
+
+class _MessageField(_Field):
+    __slots__ = ()
+
+    def __get__(self, msg, cls=None):
+        if msg is None:
+            return self
+        name = self.name
+        d = msg._w
+        t = msg._t
+        if t is not None and name not in t and _WHOLE not in t:
+            t[name] = _copy_field(self.kind, d.get(name, ABSENT))
+        v = d.get(name)
+        if not isinstance(v, dict):
+            v = d[name] = {}
+        return self.kind[1](v)
+
+
+class _MessageMapField(_Field):
+    __slots__ = ()
+
+    def __get__(self, msg, cls=None):
+        if msg is None:
+            return self
+        name = self.name
+        d = msg._w
+        t = msg._t
+        if t is not None and name not in t and _WHOLE not in t:
+            t[name] = _copy_field(self.kind, d.get(name, ABSENT))
+        v = d.get(name)
+        if not isinstance(v, dict):
+            v = d[name] = {}
+        return MessageMap(self.kind[1], v)
+
+
+class _MessageListField(_Field):
+    __slots__ = ()
+
+    def __get__(self, msg, cls=None):
+        if msg is None:
+            return self
+        name = self.name
+        d = msg._w
+        t = msg._t
+        if t is not None and name not in t and _WHOLE not in t:
+            t[name] = _copy_field(self.kind, d.get(name, ABSENT))
+        v = d.get(name)
+        if not isinstance(v, list):
+            v = d[name] = []
+        return MessageList(self.kind[1], v)
+
+
+def _field_reader(name, kind):
+    if isinstance(kind, str):
+        return _MapField(name, kind) if kind == MAP else _ScalarField(name, kind)
+    tag = kind[0]
+    if tag == LIST:
+        return _ListField(name, kind)
+    if tag == "msg":
+        return _MessageField(name, kind)
+    if tag == "msgmap":
+        return _MessageMapField(name, kind)
+    if tag == "msglist":
+        return _MessageListField(name, kind)
+    raise ValueError("field %r has an unknown kind %r" % (name, kind))
+
+
+# --- change records: what the runner needs to send only what a hook changed -------------------
+
+# Marks a field that was absent when it was recorded.
+ABSENT = object()
+# The key of a Changes record under which the copy of the whole message is kept.
+_WHOLE = object()
+
+
+def _copy_field(kind, v):
+    """A copy of field value ``v`` deep enough that no later change through the message shows in
+    it. Maps of strings and lists are copied in C; only nested messages recurse. Values of fields
+    the schema does not know are kept as they are (the gateway ignores those fields)."""
+    if kind is None or v is ABSENT or v is None or isinstance(kind, str) and kind != MAP:
+        return v
+    if kind == MAP:
+        return dict(v) if type(v) is dict else v
+    tag = kind[0]
+    if tag == LIST:
+        return list(v) if type(v) is list else v
+    if tag == "msg":
+        return snapshot(kind[1], v)
+    if tag == "msgmap" and type(v) is dict:
+        return {mk: snapshot(kind[1], mv) for mk, mv in v.items()}
+    if tag == "msglist" and type(v) is list:
+        return [snapshot(kind[1], x) for x in v]
+    return v
+
+
+def snapshot(cls, d):
+    """A copy of message dict ``d`` that no later change to ``d`` shows in (see _copy_field)."""
+    if type(d) is not dict:
+        return d
+    out = dict(d)
+    for k, kind in _container_fields(cls):
+        v = out.get(k)
+        if v is not None:
+            out[k] = _copy_field(kind, v)
+    return out
+
+
+_CONTAINER_FIELDS = {}
+
+
+def _container_fields(cls):
+    """``(name, kind)`` of the fields of ``cls`` that hold maps, lists or messages (cached)."""
+    fields = _CONTAINER_FIELDS.get(cls)
+    if fields is None:
+        fields = _CONTAINER_FIELDS[cls] = [
+            (k, kind) for k, kind in cls.FIELDS.items() if kind == MAP or not isinstance(kind, str)
+        ]
+    return fields
+
+
+class Changes(dict):
+    """How one wire message (request, session or response) was before a hook changed it.
+
+    Copying a whole request per call to diff it afterwards costs more than most hooks, so the
+    message views record instead: the first time a field is assigned, deleted, or handed out as a
+    map, list or message (which the plugin may then change in place), its value is copied in
+    here under the field's name (:data:`ABSENT` if it had none). Fields never recorded are
+    unchanged, and the reply compares only the recorded ones. When the dict itself escapes
+    (``to_dict()``, ``CopyFrom``, ...) a copy of all of it is kept under ``_WHOLE`` and recording
+    stops: from then on every field is compared with that copy. A dict subclass, because one is
+    made per message per call and a plain dict is the cheapest thing to make.
+    """
+
+    __slots__ = ()
+
+    @classmethod
+    def empty(cls):
+        """The record of a message absent from the dispatch: it starts out as ``{}``."""
+        return cls({_WHOLE: {}})
+
+    def record(self, cls, d, name):
+        """Remember field ``name`` of message dict ``d`` as it is, before a change."""
+        if name not in self and _WHOLE not in self:
+            self[name] = _copy_field(cls.FIELDS.get(name), d.get(name, ABSENT))
+
+    def pristine(self, original):
+        """The message as it arrived, given its dict ``original`` as it is now."""
+        out = dict(self.get(_WHOLE, original))
+        for k, v in self.items():
+            if k is _WHOLE:
+                continue
+            if v is ABSENT:
+                out.pop(k, None)
+            else:
+                out[k] = v
+        return out
+
+    def changed(self, cls, now, original):
+        """The fields of ``now`` (what the hook returned) that differ from the message as it
+        arrived, coerced to their wire types; ``{}`` when nothing changed. A field the hook
+        deleted is not listed: in a reply, absent means unchanged."""
+        if not self:
+            if now is original:
+                return {}
+            before = original
+        elif now is original and _WHOLE not in self:
+            diff = {}
+            for k, old in self.items():
+                v = now.get(k, ABSENT)
+                if v is not ABSENT and (old is ABSENT or old != v):
+                    diff[k] = v
+            return clean(cls, diff) if diff else diff
+        else:
+            before = self.pristine(original)
+        diff = {k: v for k, v in now.items() if k not in before or before[k] != v}
+        return clean(cls, diff) if diff else diff
+
+    def differs(self, now, original):
+        """True when message ``now`` is not the message as it arrived (deletions count)."""
+        if not self and now is original:
+            return False
+        return now != self.pristine(original)
 
 
 def _unwrap(value):
     if isinstance(value, Message):
-        return value._d
+        return value.to_dict()
     if value is None:
         return {}
     if isinstance(value, dict):
@@ -328,7 +618,7 @@ def clean(cls, data):
     are (the gateway ignores what it does not know).
     """
     if isinstance(data, Message):
-        data = data._d
+        data = data._w
     out = {}
     fields = cls.FIELDS
     for k, v in data.items():
@@ -337,15 +627,16 @@ def clean(cls, data):
             out[k] = v
         elif v is None:
             continue
+        elif kind == MAP:
+            out[k] = _clean_map(v)
         elif isinstance(kind, str):
-            if kind == MAP:
-                out[k] = {str(mk): _map_value(mv) for mk, mv in _unwrap_map(v).items()}
-            else:
-                out[k] = _coerce(kind, v)
+            # Most values already have their wire type: skip the call (exact type: a bool is
+            # not an int here, _coerce turns it into one).
+            out[k] = v if type(v) is _WIRE_TYPES[kind] else _coerce(kind, v)
         else:
             tag = kind[0]
             if tag == LIST:
-                out[k] = [_coerce(kind[1], x) for x in v]
+                out[k] = _clean_list(kind[1], v)
             elif tag == "msg":
                 out[k] = clean(kind[1], _unwrap(v))
             elif tag == "msgmap":
@@ -354,6 +645,29 @@ def clean(cls, data):
                 items = v._l if isinstance(v, MessageList) else v
                 out[k] = [clean(kind[1], _unwrap(x)) for x in items]
     return out
+
+
+def _clean_map(v):
+    """A map<string,string> value as the wire wants it (a copy)."""
+    if type(v) is dict:
+        for mk, mv in v.items():
+            if type(mk) is not str or type(mv) is not str:
+                break
+        else:
+            return dict(v)  # already str -> str, the usual case: copied in C
+    return {str(mk): _map_value(mv) for mk, mv in _unwrap_map(v).items()}
+
+
+def _clean_list(kind, v):
+    """A repeated scalar as the wire wants it (a copy)."""
+    wire_type = _WIRE_TYPES[kind]
+    if type(v) is list:
+        for x in v:
+            if type(x) is not wire_type:
+                break
+        else:
+            return list(v)
+    return [_coerce(kind, x) for x in v]
 
 
 def _unwrap_map(v):
@@ -519,7 +833,11 @@ class TykCoProcessRequest(object):
 
     def get_header(self, key):
         """The header's value, or None. Exact (Go-canonical) name first, then ignoring case."""
-        headers = self.object.headers
+        obj = self.object
+        # Only reads: use the dict itself, so the header map is not recorded as handed out.
+        headers = obj._w.get("headers") if isinstance(obj, Message) else None
+        if type(headers) is not dict:
+            headers = obj.headers
         if key in headers:
             return headers[key]
         lower = key.lower()
@@ -536,3 +854,18 @@ class TykCoProcessRequest(object):
 
     def __repr__(self):
         return "TykCoProcessRequest(%r)" % (self.object,)
+
+
+_set_object = TykCoProcessRequest.__dict__["object"].__set__
+
+
+def tracked_request(data, changes):
+    """The ``request`` a hook gets: a TykCoProcessRequest around a MiniRequestObject view of
+    ``data`` recording into ``changes``, and that view. For the runner: built without the
+    ``__init__`` checks, in one call, since this happens on every dispatch."""
+    view = _new(MiniRequestObject)
+    _set_w(view, data)
+    _set_t(view, changes)
+    request = _new(TykCoProcessRequest)
+    _set_object(request, view)
+    return request, view

@@ -7,14 +7,18 @@
   APIs of that bundle, looked up by ``spec["bundle_hash"]`` plus the hook name (the way Tyk's Python
   dispatcher finds bundle hooks), falling back to the command-line modules.
 - Fast hooks run inline on the reading thread, and the replies to every frame that arrived in one
-  read go out in one write: no thread hand-off per call. A hook that once takes longer than
-  ``--inline-threshold-ms`` (default 1 ms: a network call, a sleep) is moved to a pool of threads
-  from then on, so it does not hold up the others; it moves back after 100 fast calls in a row
-  (200, 400, ... after each further move, so a hook that is only sometimes slow stays there).
+  read go out in one write: no thread hand-off per call. A hook that takes longer than
+  ``--inline-threshold-ms`` (default 1 ms) gets its next calls watched, and one of them that is
+  slow because it waited (a network call, a sleep: see :meth:`Runner._watched_reply`) moves the
+  hook to a pool of threads, so it does not hold up the others; it moves back after 100 fast
+  calls in a row (200, 400, ... after each further move, so a hook that is only sometimes slow
+  stays there).
   Pool replies go out in completion order through one writer thread that batches them. This is
   the difference from Tyk's embedded Python, where one global lock serializes every call.
 - Replies carry only what the hook changed (the protocol's "absent means unchanged"), which is
   what makes the runner fast: coercing and encoding a whole object costs more than most hooks.
+  The message views record the fields a hook touches (objects.Changes), so finding the changes
+  does not take a copy of the whole object per call either.
 - A hook that raises gets an error reply (the gateway answers 500, or 403 for auth) and its
   traceback goes to stderr; the runner keeps serving.
 - End of stdin means shutdown: in-flight hooks get a short grace period, then the runner exits 0.
@@ -34,8 +38,16 @@ import threading
 import time
 import traceback
 
+try:
+    import resource
+except ImportError:  # not on every OS; only used to tell waiting from preemption
+    resource = None
+
+from tyk.decorators import HandlerDecorator
+
 from . import objects
 from .objects import (
+    Changes,
     MiniRequestObject,
     Object,
     ResponseObject,
@@ -43,8 +55,10 @@ from .objects import (
     TykCoProcessRequest,
     clean,
     is_empty,
+    tracked,
+    tracked_request,
 )
-from .wire import PROTOCOL_VERSION, FrameReader, ProtocolError, decode, encode
+from .wire import PROTOCOL_VERSION, FrameReader, ProtocolError, decode, encode, frame_encoder
 
 DEFAULT_NAME = "pipegate-python"
 DEFAULT_WORKERS = 16
@@ -53,6 +67,20 @@ DEFAULT_INLINE_THRESHOLD_MS = 1.0
 # A hook moved to the pool comes back inline after this many fast calls in a row; each further
 # move doubles it, so a hook that is only sometimes slow settles on the pool.
 _FAST_CALLS_TO_RETURN = 100
+# After a slow inline call, this many further calls of the hook are watched for a slow call that
+# waited (see Runner._watched_reply).
+_WATCHED_CALLS = 100
+
+
+_RUSAGE_THREAD = getattr(resource, "RUSAGE_THREAD", None)
+
+
+def _voluntary_switches():
+    """How often the calling thread gave up the CPU by itself (blocked on I/O, a sleep, a lock),
+    as opposed to being preempted; None where the OS does not count it per thread."""
+    if _RUSAGE_THREAD is None:
+        return None
+    return resource.getrusage(_RUSAGE_THREAD).ru_nvcsw
 
 
 def _log(msg, level="info"):
@@ -245,12 +273,13 @@ class Registry(object):
     # --- dispatch ------------------------------------------------------------------------------
 
     def find_hook(self, spec, name):
-        bundle = self.bundles.get(spec.get("bundle_hash") or "")
-        if bundle is None:
-            bundle_hash = self.api_bundle.get(spec.get("APIID") or "")
-            bundle = self.bundles.get(bundle_hash) if bundle_hash else None
-        if bundle is not None and name in bundle.handlers.hooks:
-            return bundle.handlers.hooks[name]
+        if self.bundles:
+            bundle = self.bundles.get(spec.get("bundle_hash") or "")
+            if bundle is None:
+                bundle_hash = self.api_bundle.get(spec.get("APIID") or "")
+                bundle = self.bundles.get(bundle_hash) if bundle_hash else None
+            if bundle is not None and name in bundle.handlers.hooks:
+                return bundle.handlers.hooks[name]
         hook = self.global_handlers.hooks.get(name)
         if hook is None:
             raise HookError(
@@ -268,7 +297,10 @@ class Registry(object):
         if not isinstance(spec, dict):
             spec = wire["spec"] = {}
         name = wire.get("hook_name") or ""
-        hook = self.find_hook(spec, name)
+        # Without bundles the lookup is one dict access; find_hook handles the rest.
+        hook = None if self.bundles else self.global_handlers.hooks.get(name)
+        if hook is None:
+            hook = self.find_hook(spec, name)
         return run_hook(hook, wire, partial)
 
     def find_event_handler(self, handler_name, api_id):
@@ -315,9 +347,11 @@ def _sub(wire, key):
 
 def _as_dict(value, cls, what, hook):
     if isinstance(value, TykCoProcessRequest):
-        return value.object.to_dict()
+        obj = value.object
+        # The runner's own look at the dict: not an escape (see objects.Changes).
+        return obj._w if isinstance(obj, objects.Message) else obj.to_dict()
     if isinstance(value, objects.Message):
-        return value.to_dict()
+        return value._w
     if isinstance(value, dict):
         return value
     raise HookError(
@@ -326,90 +360,11 @@ def _as_dict(value, cls, what, hook):
 
 
 def _unpack(result, count, hook, shape):
+    if type(result) is tuple and len(result) == count:
+        return result
     if isinstance(result, (tuple, list)) and len(result) == count:
         return result
     raise HookError("hook %r must return %s; it returned %r" % (hook.name, shape, result))
-
-
-_CONTAINER_FIELDS = {}
-
-
-def _container_fields(cls):
-    """``(name, kind)`` of the fields of ``cls`` that hold maps, lists or messages (cached)."""
-    fields = _CONTAINER_FIELDS.get(cls)
-    if fields is None:
-        fields = _CONTAINER_FIELDS[cls] = [
-            (k, kind) for k, kind in cls.FIELDS.items() if kind == objects.MAP or not isinstance(kind, str)
-        ]
-    return fields
-
-
-def _snap(cls, d):
-    """A copy of message dict ``d`` deep enough that no later change to ``d`` shows in it: the
-    "before" picture of a partial reply. Schema-driven (maps of strings are copied in C, only
-    nested messages recurse), so it costs a few microseconds, far less than ``copy.deepcopy`` or
-    a second decode. Fields the schema does not know are not copied: the gateway ignores them."""
-    if type(d) is not dict:
-        return d
-    out = dict(d)
-    for k, kind in _container_fields(cls):
-        v = out.get(k)
-        if v is None:
-            continue
-        if kind == objects.MAP:
-            out[k] = dict(v) if type(v) is dict else v
-            continue
-        tag = kind[0]
-        if tag == objects.LIST:
-            out[k] = list(v) if type(v) is list else v
-        elif tag == "msg":
-            out[k] = _snap(kind[1], v)
-        elif tag == "msgmap" and type(v) is dict:
-            out[k] = {mk: _snap(kind[1], mv) for mk, mv in v.items()}
-        elif tag == "msglist" and type(v) is list:
-            out[k] = [_snap(kind[1], x) for x in v]
-    return out
-
-
-def _changed(cls, now, before):
-    """The fields of message dict ``now`` that differ from ``before`` (its snapshot), coerced
-    to their wire types; ``{}`` when nothing changed. Values are compared with ``==``, one deep
-    comparison done in C."""
-    if not isinstance(before, dict):
-        return clean(cls, now)
-    return clean(cls, {k: v for k, v in now.items() if k not in before or before[k] != v})
-
-
-def _partial_reply(wire, pristine, request_d, session_d, session_in, metadata, response_d):
-    """The reply the pipe protocol allows: absent means unchanged (PROTOCOL.md section 5).
-
-    Coercing and encoding only what a hook changed is most of the runner's speed: a typical hook
-    touches one or two fields of an object with a dozen headers. The result applies exactly as
-    the whole echoed object would: request fields are applied one by one; an auth_check hook's
-    session and metadata go back whole (the gateway installs them as they are); the response's
-    ``headers`` and ``multivalue_headers`` travel together because the gateway syncs one with the
-    other.
-    """
-    out = {}
-    req = _changed(MiniRequestObject, request_d, pristine.get("request"))
-    if req:
-        out["request"] = req
-    auth = wire.get("hook_type") == "CustomKeyCheck"
-    if auth or session_d != (pristine.get("session") or {}):
-        if session_in is not None or not is_empty(SessionState, session_d):
-            out["session"] = clean(SessionState, session_d)
-    if auth or metadata != (pristine.get("metadata") or {}):
-        out["metadata"] = clean(Object, {"metadata": metadata}).get("metadata", {})
-    if response_d is not None:
-        before = pristine.get("response")
-        resp = _changed(ResponseObject, response_d, before)
-        if resp and ("headers" in resp or "multivalue_headers" in resp):
-            for k in ("headers", "multivalue_headers"):
-                if k not in resp and k in response_d:
-                    resp[k] = clean(ResponseObject, {k: response_d[k]}).get(k)
-        if resp:
-            out["response"] = resp
-    return out
 
 
 def run_hook(hook, wire, partial=False):
@@ -420,34 +375,49 @@ def run_hook(hook, wire, partial=False):
     4-argument (auth) hook is merged into ``session.metadata``. The whole object is returned, or,
     with ``partial``, only what the hook changed (the pipe protocol's "absent means unchanged").
     """
-    pristine = None
-    if partial:
-        md = wire.get("metadata")
-        pristine = {
-            "request": _snap(MiniRequestObject, wire.get("request")),
-            "session": _snap(SessionState, wire.get("session")),
-            "metadata": dict(md) if type(md) is dict else md,
-            "response": _snap(ResponseObject, wire.get("response")),
-        }
-    request_d = _sub(wire, "request")
-    if request_d is None:
-        request_d = wire["request"] = {}
-    session_in = _sub(wire, "session")
-    session_d = session_in if session_in is not None else {}
-    metadata = _sub(wire, "metadata")
-    if metadata is None:
+    get = wire.get
+    request_in = get("request")
+    if type(request_in) is not dict and not isinstance(request_in, dict):
+        request_in = None
+        wire["request"] = request_d = {}
+    else:
+        request_d = request_in
+    session_in = get("session")
+    if session_in is not None and not isinstance(session_in, dict):
+        session_in = None
+    session_d = session_base = session_in if session_in is not None else {}
+    metadata = get("metadata")
+    if type(metadata) is not dict and not isinstance(metadata, dict):
         metadata = {}
     spec = wire["spec"]
-
-    request = TykCoProcessRequest(MiniRequestObject(request_d))
-    session = SessionState(session_d)
-    response_d = None
     n = hook.arg_count
+    # Tyk's decorators only forward the call: skip that frame (a subclass's own __call__ stays).
+    call = hook.f if type(hook).__call__ is HandlerDecorator.__call__ else hook
+
+    # With ``partial`` the views record what the hook touches (objects.Changes) rather than the
+    # runner copying the whole object before every call. Metadata is a plain dict the hook gets
+    # as it is, so it is copied, for the arities that receive it.
+    req_changes = sess_changes = resp_changes = None
+    md_before = metadata
+    if partial:
+        req_changes = Changes() if request_in is not None else Changes.empty()
+        # No session (pre and auth hooks): the reply compares the hook's session with {}.
+        if session_in is not None:
+            sess_changes = Changes()
+        if n != 3:
+            md_before = dict(metadata)
+    request, request_view = tracked_request(request_d, req_changes)
+    session = tracked(SessionState, session_d, sess_changes)
+    request_base = request_d
+    response_d = response_base = None
 
     if n == 5:
         response_in = _sub(wire, "response")
-        response_d = response_in if response_in is not None else {}
-        result = hook(request, ResponseObject(response_d), session, metadata, spec)
+        response_d = response_base = response_in if response_in is not None else {}
+        if partial:
+            resp_changes = Changes() if response_in is not None else Changes.empty()
+        result = call(request, tracked(ResponseObject, response_d, resp_changes), session,
+                      metadata, spec)
         if result is not None:
             if isinstance(result, (tuple, list)):
                 raise HookError(
@@ -455,26 +425,33 @@ def run_hook(hook, wire, partial=False):
                 )
             response_d = _as_dict(result, ResponseObject, "response", hook)
     elif n == 4:
-        result = hook(request, session, metadata, spec)
+        result = call(request, session, metadata, spec)
         if result is not None:
             req, sess, md = _unpack(result, 3, hook, "(request, session, metadata)")
-            request_d = _as_dict(req, MiniRequestObject, "request", hook)
-            session_d = _as_dict(sess, SessionState, "session", hook)
+            if req is not request or req.object is not request_view:
+                request_d = _as_dict(req, MiniRequestObject, "request", hook)
+            if sess is not session:
+                session_d = _as_dict(sess, SessionState, "session", hook)
             if md is not None:
                 if not isinstance(md, dict):
                     raise HookError("hook %r returned metadata that is not a dict" % hook.name)
                 metadata = md
         if metadata:
+            if sess_changes is not None and session_d is session_base:
+                sess_changes.record(SessionState, session_d, "metadata")
             sm = session_d.get("metadata")
             if not isinstance(sm, dict):
                 sm = session_d["metadata"] = {}
             sm.update(metadata)
     elif n == 3:
-        result = hook(request, session, spec)
+        result = call(request, session, spec)
         if result is not None:
             req, sess = _unpack(result, 2, hook, "(request, session)")
-            request_d = _as_dict(req, MiniRequestObject, "request", hook)
-            session_d = _as_dict(sess, SessionState, "session", hook)
+            # The usual ``return request, session`` hands back what went in: nothing to look up.
+            if req is not request or req.object is not request_view:
+                request_d = _as_dict(req, MiniRequestObject, "request", hook)
+            if sess is not session:
+                session_d = _as_dict(sess, SessionState, "session", hook)
     else:
         raise HookError(
             "hook %r takes %d arguments; Tyk hooks take 3 (request, session, spec), 4 (request, "
@@ -482,20 +459,45 @@ def run_hook(hook, wire, partial=False):
             % (hook.name, n)
         )
 
-    if pristine is not None:
-        return _partial_reply(
-            wire, pristine, request_d, session_d, session_in, metadata, response_d
-        )
-    out = dict(wire)
-    out["request"] = request_d
-    out["metadata"] = metadata
-    if session_in is not None or not is_empty(SessionState, session_d):
-        out["session"] = session_d
-    else:
-        out.pop("session", None)
+    if not partial:
+        out = dict(wire)
+        out["request"] = request_d
+        out["metadata"] = metadata
+        if session_in is not None or not is_empty(SessionState, session_d):
+            out["session"] = session_d
+        else:
+            out.pop("session", None)
+        if response_d is not None:
+            out["response"] = response_d
+        return clean(Object, out)
+
+    # The reply the pipe protocol allows: absent means unchanged (PROTOCOL.md section 5). The
+    # result applies exactly as the whole echoed object would: request fields are applied one by
+    # one; an auth_check hook's session and metadata go back whole (the gateway installs them as
+    # they are); the response's ``headers`` and ``multivalue_headers`` travel together because
+    # the gateway syncs one with the other.
+    out = {}
+    req = req_changes.changed(MiniRequestObject, request_d, request_base)
+    if req:
+        out["request"] = req
+    auth = wire.get("hook_type") == "CustomKeyCheck"
+    if auth or (
+        sess_changes.differs(session_d, session_base) if sess_changes is not None
+        else session_d != {}
+    ):
+        if session_in is not None or not is_empty(SessionState, session_d):
+            out["session"] = clean(SessionState, session_d)
+    if auth or (metadata is not md_before and metadata != md_before):
+        out["metadata"] = clean(Object, {"metadata": metadata}).get("metadata", {})
     if response_d is not None:
-        out["response"] = response_d
-    return clean(Object, out)
+        resp = resp_changes.changed(ResponseObject, response_d, response_base)
+        if resp and ("headers" in resp or "multivalue_headers" in resp):
+            for k in ("headers", "multivalue_headers"):
+                if k not in resp and k in response_d:
+                    resp[k] = clean(ResponseObject, {k: response_d[k]}).get(k)
+        if resp:
+            out["response"] = resp
+    return out
 
 
 class WorkerPool(object):
@@ -632,7 +634,11 @@ class Runner(object):
         # Hook names on the pool -> [fast pool calls in a row, calls needed to move back].
         self.slow_hooks = {}
         self._moves = {}
+        # Hook names that were slow once inline -> how many more calls to watch.
+        self._watched = {}
         self._out = []
+        # Inline replies are encoded on the reading thread only: it may keep one Packer.
+        self._encode = frame_encoder()
 
     def _flush(self):
         if self._out:
@@ -675,11 +681,14 @@ class Runner(object):
             name = wire.get("hook_name", "") if isinstance(wire, dict) else ""
             if self.inline_threshold <= 0 or name in self.slow_hooks:
                 self.pool.submit(self._pooled, mid, wire, name)
+            elif name in self._watched:
+                self._out.append(self._watched_reply(mid, wire, name))
             else:
                 started = time.perf_counter()
-                self._out.append(self._reply(mid, wire))
+                self._out.append(self._reply(mid, wire, self._encode))
                 if time.perf_counter() - started > self.inline_threshold:
-                    self._to_pool(name)
+                    # It waited (I/O, a sleep) or the box preempted it: its next calls tell.
+                    self._watched[name] = _WATCHED_CALLS
         elif kind == "hello":
             self._hello(msg)
         elif kind == "event":
@@ -705,6 +714,29 @@ class Runner(object):
             reply["hooks"] = self.registry.hook_names()
         self._send(reply)
 
+    def _watched_reply(self, mid, wire, name):
+        """An inline call of a hook that was slow before. A slow call during which the thread
+        gave up the CPU by itself (a voluntary context switch: it waited on I/O, a sleep, a
+        lock) moves the hook to the pool. A call that was only slow because other processes got
+        the CPU does not: on a busy box that happens to any hook now and then, the pool cannot
+        help it (the GIL runs one hook at a time anyway), and a pool call costs about twice the
+        CPU of an inline one (thread hand-offs). Counting switches is a system call, so only
+        watched calls pay for it."""
+        switches = _voluntary_switches()
+        started = time.perf_counter()
+        frame = self._reply(mid, wire, self._encode)
+        if (time.perf_counter() - started > self.inline_threshold
+                and (switches is None or _voluntary_switches() != switches)):
+            self._watched.pop(name, None)
+            self._to_pool(name)
+        else:
+            left = self._watched.get(name, 1) - 1
+            if left > 0:
+                self._watched[name] = left
+            else:
+                self._watched.pop(name, None)
+        return frame
+
     def _to_pool(self, name):
         moves = self._moves.get(name, 0)
         self._moves[name] = moves + 1
@@ -729,9 +761,9 @@ class Runner(object):
             if state[0] >= state[1]:
                 self.slow_hooks.pop(name, None)
 
-    def _reply(self, mid, wire):
-        """Run one dispatch and return its reply frame (an error reply if the hook failed)."""
-        name = wire.get("hook_name", "") if isinstance(wire, dict) else ""
+    def _reply(self, mid, wire, encode=encode):
+        """Run one dispatch and return its reply frame (an error reply if the hook failed).
+        ``encode`` is the calling thread's encoder."""
         try:
             frame = encode({"id": mid, "object": self.registry.dispatch(wire, partial=True)})
         except HookError as e:
@@ -739,6 +771,7 @@ class Runner(object):
             _log(str(e), "error")
             frame = encode({"id": mid, "error": str(e)})
         except Exception as e:
+            name = wire.get("hook_name", "") if isinstance(wire, dict) else ""
             sys.stderr.write("pipegate runner: hook %r failed:\n" % (name,))
             traceback.print_exc(file=sys.stderr)
             sys.stderr.flush()

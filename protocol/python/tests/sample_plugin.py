@@ -81,6 +81,22 @@ def Slow(request, session, spec):
 
 
 @Hook
+def Noop(request, session, spec):
+    request.get_header("Authorization")
+    return request, session
+
+
+@Hook
+def Busy(request, session, spec):
+    # Slow on the CPU alone (no sleep, no I/O).
+    end = time.perf_counter() + 0.005
+    while time.perf_counter() < end:
+        pass
+    request.add_header("X-Busy", "1")
+    return request, session
+
+
+@Hook
 def Fast(request, session, spec):
     request.add_header("X-Fast", "1")
     return request, session

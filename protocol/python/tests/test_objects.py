@@ -1,6 +1,8 @@
 """Unit tests for the protobuf-like wire objects (in-process, no child)."""
 
+import copy
 import os
+import pickle
 import sys
 import unittest
 
@@ -83,6 +85,15 @@ class MessageTest(unittest.TestCase):
         self.assertTrue(s.HasField("alias"))
         s.ClearField("alias")
         self.assertFalse(s.HasField("alias"))
+
+    def test_copy_deepcopy_and_pickle(self):
+        s = SessionState({"rate": 1.0, "metadata": {"a": "b"}})
+        shallow, deep = copy.copy(s), copy.deepcopy(s)
+        again = pickle.loads(pickle.dumps(s))
+        s.metadata["a"] = "changed"
+        self.assertEqual(shallow.metadata["a"], "changed")
+        self.assertEqual((deep.rate, deep.metadata["a"]), (1.0, "b"))
+        self.assertEqual(again, deep)
 
     def test_unknown_attribute_raises(self):
         with self.assertRaises(AttributeError):

@@ -319,9 +319,12 @@ class ErrorTest(RunnerTestCase):
 
 class ConcurrencyTest(RunnerTestCase):
     def test_slow_hook_does_not_block_a_fast_one(self):
-        # The first call of a hook runs inline; taking over 1 ms moves the hook to the pool.
+        # Calls run inline. A call over 1 ms gets the hook's next calls watched; a watched call
+        # that is slow because it waited (here: a sleep) moves the hook to the pool.
         warm_spec = {"APIID": "api1", "OrgID": "o", "bundle_hash": EMPTY_MD5, "sleep": "0.05"}
         self.call(9, "Slow", spec=warm_spec)
+        self.assertFalse(any("'Slow' took over" in l for l in self.child.stderr_lines))
+        self.call(10, "Slow", spec=warm_spec)
         self.assertTrue(any("'Slow' took over" in l for l in self.child.stderr_lines)
                         or self._wait_for_stderr("'Slow' took over"))
         slow_spec = {"APIID": "api1", "OrgID": "o", "bundle_hash": EMPTY_MD5, "sleep": "1.5"}
@@ -346,6 +349,16 @@ class ConcurrencyTest(RunnerTestCase):
             time.sleep(0.05)
         return False
 
+    def test_a_hook_slow_without_waiting_stays_inline(self):
+        # Busy on the CPU for 5 ms, never blocking: what preemption on a loaded box looks like
+        # too. The pool could not run it faster (one GIL), so it is not moved there.
+        for i in range(3):
+            self.call(20 + i, "Busy")
+        self.call(30, "Fast")
+        self.assertEqual(self.child.close(), 0)  # all of stderr read
+        self.assertFalse(any("took over" in l for l in self.child.stderr_lines),
+                         "".join(self.child.stderr_lines))
+
     def test_fast_hooks_stay_inline_and_keep_order(self):
         # Inline calls are answered in arrival order, all in one batch.
         n = 50
@@ -354,6 +367,25 @@ class ConcurrencyTest(RunnerTestCase):
         ids = [self.child.recv()["id"] for _ in range(n)]
         self.assertEqual(ids, list(range(1, n + 1)))
         self.assertFalse(any("took over" in l for l in self.child.stderr_lines))
+
+    def test_one_batch_of_mixed_hooks_is_answered_in_order_with_only_the_changes(self):
+        names = ["Noop", "PreDeny", "Fast", "Noop", "PreBody"] * 4
+        self.child.proc.stdin.write(
+            b"".join(frame(dispatch(i + 1, n)) for i, n in enumerate(names)))
+        self.child.proc.stdin.flush()
+        for i, name in enumerate(names):
+            r = self.child.recv()
+            self.assertEqual(r["id"], i + 1)
+            obj = r["object"]
+            if name == "Noop":
+                self.assertEqual(obj, {}, "a hook that changes nothing sends nothing back")
+            elif name == "PreDeny":
+                self.assertEqual(list(obj), ["request"])
+                self.assertEqual(obj["request"]["return_overrides"]["response_code"], 403)
+            elif name == "Fast":
+                self.assertEqual(obj, {"request": {"set_headers": {"X-Fast": "1"}}})
+            else:
+                self.assertEqual(obj, {"request": {"raw_body": b"HELLO\x00\xff"}})
 
     def test_many_pipelined_requests_all_answered(self):
         n = 300
