@@ -93,6 +93,8 @@ struct Reading {
     gen: u64,
     /// How many generations this worker attached.
     attached: usize,
+    /// This worker's own replies, read from the pipe.
+    own: Vec<HookReply>,
 }
 
 impl Worker {
@@ -116,6 +118,7 @@ impl Worker {
             pipe: None,
             gen: 0,
             attached: 0,
+            own: Vec::new(),
         });
         w.attach();
         w
@@ -153,7 +156,7 @@ impl Worker {
         if let Some(r) = self.reading.as_mut() {
             if readable {
                 if let Some(p) = r.pipe.as_ref() {
-                    if !r.client.read_replies(p) {
+                    if !r.client.read_replies(p, &mut r.own) {
                         let _ = self.poll.registry().deregister(&mut SourceFd(&p.fd()));
                         r.pipe = None;
                     }
@@ -167,18 +170,24 @@ impl Worker {
         let mut out = Vec::with_capacity(n);
         let until = Instant::now() + PATIENCE;
         while out.len() < n && Instant::now() < until {
-            while let Ok(r) = self.handle.replies.try_recv() {
-                out.push(r);
-            }
+            self.take_replies(&mut out);
             if out.len() >= n {
                 break;
             }
             self.poll_once(Duration::from_millis(200));
         }
+        self.take_replies(&mut out);
+        out
+    }
+
+    /// Replies that arrived on the channel or (for a reading worker) from the pipe.
+    fn take_replies(&mut self, out: &mut Vec<HookReply>) {
         while let Ok(r) = self.handle.replies.try_recv() {
             out.push(r);
         }
-        out
+        if let Some(r) = self.reading.as_mut() {
+            out.append(&mut r.own);
+        }
     }
 
     /// Replies arriving within `wait` (for asserting that nothing more comes).
@@ -187,9 +196,7 @@ impl Worker {
         let until = Instant::now() + wait;
         while Instant::now() < until {
             self.poll_once(until - Instant::now());
-            while let Ok(r) = self.handle.replies.try_recv() {
-                out.push(r);
-            }
+            self.take_replies(&mut out);
         }
         out
     }

@@ -80,6 +80,9 @@ const PIPE_SIZE: i32 = 1 << 20;
 /// `Generation::attached` when no worker reads the child's stdout (the reader thread does).
 const NO_WORKER: usize = usize::MAX;
 
+/// The worker reading the pipe (see [`ReplyPipe`]) and the list its own replies go to.
+type OwnReplies<'a> = Option<(usize, &'a mut Vec<HookReply>)>;
+
 /// Settings of the pipe transport (built from `coprocess_options`, or by hand in tests).
 #[derive(Debug, Clone)]
 pub struct PipeOptions {
@@ -694,13 +697,15 @@ impl PipeClient {
         Some(ReplyPipe { gen, worker })
     }
 
-    /// Reads and routes every reply waiting on the pipe. The holder's own replies go to its
-    /// channel without a wake-up (drain it next); other workers are woken as usual. Returns
+    /// Reads and routes every reply waiting on the pipe. The holder's own replies are appended
+    /// to `own` (no channel, no wake-up: a channel would copy each reply twice more and allocate
+    /// a block per 31 replies); other workers get theirs on their channels as usual. Returns
     /// false once the stream is finished (EOF, read error or garbage: the death is reported to
     /// the supervisor); then deregister and drop the hold.
-    pub fn read_replies(&self, pipe: &ReplyPipe) -> bool {
+    pub fn read_replies(&self, pipe: &ReplyPipe, own: &mut Vec<HookReply>) -> bool {
         let g = &pipe.gen;
-        let res = read_available(&self.inner, g, &mut g.reader.lock(), Some(pipe.worker));
+        let own = Some((pipe.worker, own));
+        let res = read_available(&self.inner, g, &mut g.reader.lock(), own);
         match res {
             Ok(_) => true,
             Err(cause) => {
@@ -953,12 +958,12 @@ impl Inner {
         }
     }
 
-    /// Sends answers for calls already removed from the pending table, waking each worker once
-    /// (except `reader`, the worker delivering them, which drains its channel next).
+    /// Sends answers for calls already removed from the pending table, waking each worker once;
+    /// `own` is the reading worker, whose replies go straight into its list.
     fn deliver(
         &self,
         items: impl IntoIterator<Item = (u64, Pending, Result<Object, CallError>)>,
-        reader: Option<usize>,
+        mut own: OwnReplies<'_>,
     ) {
         let workers = self.workers.read();
         // Which workers to wake, as a bit set (no allocation per batch of replies); workers past
@@ -967,14 +972,16 @@ impl Inner {
         for (call_id, p, result) in items {
             match p.target {
                 Target::Hook { worker, tag } => {
-                    if let Some(w) = workers.get(worker) {
-                        let _ = w.tx.send(HookReply {
-                            call_id,
-                            tag,
-                            result,
-                        });
-                        if Some(worker) == reader {
-                        } else if worker < 128 {
+                    let reply = HookReply {
+                        call_id,
+                        tag,
+                        result,
+                    };
+                    if let Some((_, list)) = own.as_mut().filter(|(w, _)| *w == worker) {
+                        list.push(reply);
+                    } else if let Some(w) = workers.get(worker) {
+                        let _ = w.tx.send(reply);
+                        if worker < 128 {
                             wake |= 1 << worker;
                         } else if let Err(e) = w.waker.wake() {
                             tracing::debug!("waking worker {worker} failed: {e}");
@@ -1511,11 +1518,16 @@ fn read_available(
     inner: &Inner,
     g: &Generation,
     rr: &mut ReplyReader,
-    reader: Option<usize>,
+    mut own: OwnReplies<'_>,
 ) -> Result<bool, DeathCause> {
     let mut got = false;
     loop {
-        process_frames(inner, g, rr, reader)?;
+        process_frames(
+            inner,
+            g,
+            rr,
+            own.as_mut().map(|(w, list)| (*w, &mut **list)),
+        )?;
         match rr.dec.read_from(&mut rr.stdout) {
             Ok(0) => return Err(DeathCause::Eof),
             Ok(_) => got = true,
@@ -1539,7 +1551,7 @@ fn process_frames(
     inner: &Inner,
     g: &Generation,
     rr: &mut ReplyReader,
-    reader: Option<usize>,
+    own: OwnReplies<'_>,
 ) -> Result<(), DeathCause> {
     let ReplyReader {
         dec,
@@ -1614,7 +1626,7 @@ fn process_frames(
             *expecting = !st.pending.is_empty();
         }
         if !routed.is_empty() {
-            inner.deliver(routed.drain(..), reader);
+            inner.deliver(routed.drain(..), own);
         }
         if late > 0 {
             tracing::debug!(

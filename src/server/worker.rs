@@ -87,6 +87,8 @@ pub struct Worker {
     reply_pipe: Option<ReplyPipe>,
     /// The child generation `reply_pipe` was last attached for (0: none yet).
     reply_gen: u64,
+    /// This worker's replies read from `reply_pipe` (kept for its capacity).
+    own_replies: Vec<HookReply>,
     /// The gRPC plugin server client and this worker's reply channel.
     grpc: Option<(Arc<GrpcClient>, WorkerHandle)>,
     /// Connections that yielded while still able to progress; driven again before polling.
@@ -208,6 +210,7 @@ impl Worker {
                 pipe,
                 reply_pipe: None,
                 reply_gen: 0,
+                own_replies: Vec::with_capacity(64),
                 grpc,
                 again: Vec::with_capacity(64),
                 waker: Arc::clone(&waker),
@@ -1974,13 +1977,18 @@ impl Worker {
 
     /// Reads the replies waiting on the plugin child's stdout, then handles this worker's.
     fn read_pipe_replies(&mut self) {
+        let mut own = std::mem::take(&mut self.own_replies);
         if let (Some((pipe, _)), Some(rp)) = (&self.pipe, &self.reply_pipe) {
-            if !pipe.read_replies(rp) {
+            if !pipe.read_replies(rp, &mut own) {
                 // The child's stream ended; its restart publishes a new generation.
                 let _ = self.poll.registry().deregister(&mut SourceFd(&rp.fd()));
                 self.reply_pipe = None;
             }
         }
+        for r in own.drain(..) {
+            self.on_hook_reply(r, false);
+        }
+        self.own_replies = own;
         self.drain_replies();
     }
 
