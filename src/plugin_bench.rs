@@ -286,13 +286,13 @@ pub fn sample_object(opts: &BenchOptions) -> Result<Object, String> {
     spec.push("config_data", "{}".to_string());
     let session = match opts.hook {
         HookType::Pre | HookType::CustomKeyCheck => None,
-        _ => Some(SessionState {
+        _ => Some(Box::new(SessionState {
             rate: Some(100.0),
             per: Some(1.0),
             quota_max: Some(-1),
             org_id: Some("bench-org".into()),
             ..Default::default()
-        }),
+        })),
     };
     let response = (opts.hook == HookType::Response).then(|| {
         let mut headers = PairMap::new();

@@ -1047,7 +1047,7 @@ fn full_object() -> Object {
             response_body: Some("rb".into()),
         });
     }
-    o.session = Some(session);
+    o.session = Some(Box::new(session));
     o.response = Some(ResponseObject {
         status_code: Some(201),
         raw_body: Some(ByteBuf::from(b"resp".to_vec())),

@@ -406,11 +406,11 @@ fn full_object_round_trips_through_python() {
             ..Default::default()
         });
     }
-    obj.session = Some(pipegate::coprocess::object::SessionState {
+    obj.session = Some(Box::new(pipegate::coprocess::object::SessionState {
         rate: Some(2.0),
         quota_max: Some(-1),
         ..Default::default()
-    });
+    }));
     let r = w.call(&client, &obj, LONG);
     // Python turns 2.0 into a float and back; raw_body stays binary.
     assert_eq!(r.result, Ok(obj));

@@ -445,7 +445,7 @@ pub struct Object {
     pub request: Option<MiniRequestObject>,
     /// The session (absent before authentication).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub session: Option<SessionState>,
+    pub session: Option<Box<SessionState>>,
     /// Free-form metadata; `metadata["token"]` names the key an auth hook authenticated.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metadata: Option<StringMap>,
@@ -858,7 +858,7 @@ mod tests {
                 raw_body: Some(ByteBuf::from(vec![0u8, 159, 146, 150])),
                 ..Default::default()
             }),
-            session: Some(SessionState {
+            session: Some(Box::new(SessionState {
                 rate: Some(10.0),
                 per: Some(60.0),
                 quota_max: Some(-1),
@@ -878,7 +878,7 @@ mod tests {
                     trigger_limits: Some(vec![80.0, 95.5]),
                 }),
                 ..Default::default()
-            }),
+            })),
             metadata: Some([("token", "t1".to_string())].into_iter().collect()),
             spec: Some([("APIID", "api1".to_string())].into_iter().collect()),
             response: None,

@@ -441,7 +441,7 @@ pub fn request_object(
 ) -> Object {
     let session = match hook {
         HookType::Pre | HookType::CustomKeyCheck => None,
-        _ => session.cloned(),
+        _ => session.cloned().map(Box::new),
     };
     let metadata = session
         .as_ref()
@@ -497,7 +497,7 @@ pub fn response_object(
         hook_type: Some(HookType::Response),
         hook_name: Some(def.name.clone()),
         request: Some(view.mini_request(send_body, def.raw_body_only)),
-        session: Some(session),
+        session: Some(Box::new(session)),
         metadata: Some(metadata),
         spec: Some(spec_map(api)),
         response: Some(ResponseObject {
@@ -667,7 +667,7 @@ pub fn apply_request_reply(
         }
         session.org_id = Some(api.org_id.clone());
         session.key_id = Some(token);
-        state.session = Some(Box::new(session));
+        state.session = Some(session);
     }
     // Session changes from other hooks are discarded, as in Tyk.
     Outcome::Continue
