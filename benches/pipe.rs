@@ -222,7 +222,7 @@ fn bench_pipe(c: &mut Criterion) {
         b.iter(|| {
             buf.clear();
             let o = RequestHookObject::new(HookType::Pre, &def, &api, &view, None, true).unwrap();
-            pipegate::coprocess::frame::encode_dispatch(&mut buf, 7, &o, 1 << 26).unwrap()
+            o.encode_dispatch(&mut buf, 7, 1 << 26).unwrap()
         })
     });
     let reply = rmp_serde::to_vec_named(&obj).expect("encode");

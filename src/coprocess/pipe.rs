@@ -661,7 +661,8 @@ impl PipeClient {
         deadline: Instant,
         object: &T,
     ) -> u64 {
-        self.dispatch_to(worker, tag, deadline, object, false)
+        let encode = |buf: &mut Vec<u8>, id, max| encode_dispatch(buf, id, object, max);
+        self.dispatch_to(worker, tag, deadline, encode, false)
     }
 
     /// Like [`PipeClient::dispatch`], but the frame is only queued: it reaches the child at the
@@ -675,7 +676,22 @@ impl PipeClient {
         deadline: Instant,
         object: &T,
     ) -> u64 {
-        self.dispatch_to(worker, tag, deadline, object, true)
+        let encode = |buf: &mut Vec<u8>, id, max| encode_dispatch(buf, id, object, max);
+        self.dispatch_to(worker, tag, deadline, encode, true)
+    }
+
+    /// [`PipeClient::dispatch_deferred`] for an object that writes its own `dispatch` frame:
+    /// `encode(buf, id, max_frame_bytes)` appends it (as
+    /// [`RequestHookObject::encode_dispatch`](crate::middleware::hook_object::RequestHookObject::encode_dispatch)
+    /// does, without serde).
+    pub fn dispatch_encoded_deferred(
+        &self,
+        worker: usize,
+        tag: u64,
+        deadline: Instant,
+        encode: impl FnOnce(&mut Vec<u8>, u64, usize) -> Result<usize, FrameError>,
+    ) -> u64 {
+        self.dispatch_to(worker, tag, deadline, encode, true)
     }
 
     /// The current child's generation number (0 while none is up). A worker holding a
@@ -722,12 +738,12 @@ impl PipeClient {
         }
     }
 
-    fn dispatch_to<T: serde::Serialize + ?Sized>(
+    fn dispatch_to(
         &self,
         worker: usize,
         tag: u64,
         deadline: Instant,
-        object: &T,
+        encode: impl FnOnce(&mut Vec<u8>, u64, usize) -> Result<usize, FrameError>,
         deferred: bool,
     ) -> u64 {
         let inner = &self.inner;
@@ -746,7 +762,7 @@ impl PipeClient {
             },
         );
         let max = inner.opts.max_frame_bytes;
-        let encode = |buf: &mut Vec<u8>| encode_dispatch(buf, id, object, max);
+        let encode = |buf: &mut Vec<u8>| encode(buf, id, max);
         let queued = if deferred {
             gen.out.enqueue_deferred(encode)
         } else {

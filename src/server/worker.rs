@@ -1565,7 +1565,9 @@ impl Worker {
         };
         let timeout = def.timeout.unwrap_or(cp.hook_timeout);
         let deadline = self.now + timeout;
-        let id = pipe.dispatch_deferred(handle.id, tag_of(ci, c.generation), deadline, &obj);
+        let encode = |buf: &mut Vec<u8>, id, max| obj.encode_dispatch(buf, id, max);
+        let id =
+            pipe.dispatch_encoded_deferred(handle.id, tag_of(ci, c.generation), deadline, encode);
         self.park_on_call(ci, id, hook, def, false, None);
         true
     }
