@@ -31,6 +31,7 @@
 
 #![deny(missing_docs)]
 
+mod decode;
 mod frame;
 mod lenient;
 mod object;
@@ -241,7 +242,8 @@ enum Outcome {
 }
 
 /// Every message the gateway may send, decoded in one pass; fields a type does not use stay empty.
-#[derive(Deserialize)]
+#[derive(Default, Deserialize)]
+#[cfg_attr(test, derive(Debug, PartialEq))]
 struct Incoming {
     #[serde(rename = "type", default)]
     kind: String,
@@ -295,17 +297,22 @@ fn handle_frame<P: Plugin + ?Sized>(
     plugin: &P,
     out: &mut Vec<u8>,
 ) -> io::Result<Outcome> {
-    let msg: Incoming = match rmp_serde::from_slice(frame) {
-        Ok(m) => m,
-        Err(e) => {
-            let text = format!("plugin could not decode the message: {e}");
-            match rmp_serde::from_slice::<IdOnly>(frame) {
-                Ok(IdOnly { id: Some(id) }) => reply_error(out, id, &text)?,
-                _ => eprintln!("pipegate-plugin: dropped a frame without an id: {text}"),
+    // The hand-written decoder takes the shapes the gateway sends; anything else (odd but valid,
+    // or invalid) goes through serde, which decides and words the error.
+    let mut msg = Incoming::default();
+    if decode::incoming_into(frame, &mut msg).is_none() {
+        msg = match rmp_serde::from_slice(frame) {
+            Ok(m) => m,
+            Err(e) => {
+                let text = format!("plugin could not decode the message: {e}");
+                match rmp_serde::from_slice::<IdOnly>(frame) {
+                    Ok(IdOnly { id: Some(id) }) => reply_error(out, id, &text)?,
+                    _ => eprintln!("pipegate-plugin: dropped a frame without an id: {text}"),
+                }
+                return Ok(Outcome::Continue);
             }
-            return Ok(Outcome::Continue);
-        }
-    };
+        };
+    }
     match msg.kind.as_str() {
         "hello" => {
             encode_frame(
@@ -330,25 +337,20 @@ fn handle_frame<P: Plugin + ?Sized>(
                 eprintln!("pipegate-plugin: dropped a dispatch without an id");
                 return Ok(Outcome::Continue);
             };
-            let call = HookCall {
-                id,
-                object: msg.object.unwrap_or_default(),
-            };
+            // The call is built inside the closure and the reply encoded there too, so neither the
+            // object (over a kilobyte) nor the patch is moved through `catch_unwind`'s result.
             // A panicking hook must not take the plugin (and every in-flight request) down.
-            let result = panic::catch_unwind(AssertUnwindSafe(|| plugin.dispatch(call)))
-                .unwrap_or_else(|p| {
-                    HookResult::Error(format!("hook panicked: {}", panic_text(&p)))
-                });
-            match result {
-                HookResult::Patch(patch) => encode_frame(
-                    out,
-                    &Reply {
-                        id,
-                        object: Some(&patch),
-                        error: None,
-                    },
-                )?,
-                HookResult::Error(text) => reply_error(out, id, &text)?,
+            let object = &mut msg.object;
+            let handled = panic::catch_unwind(AssertUnwindSafe(|| {
+                let call = HookCall {
+                    id,
+                    object: object.take().unwrap_or_default(),
+                };
+                write_reply(out, id, &plugin.dispatch(call))
+            }));
+            match handled {
+                Ok(written) => written?,
+                Err(p) => reply_error(out, id, &format!("hook panicked: {}", panic_text(&p)))?,
             }
         }
         "event" => {
@@ -391,6 +393,21 @@ fn handle_frame<P: Plugin + ?Sized>(
         }
     }
     Ok(Outcome::Continue)
+}
+
+/// Append the reply to a dispatch: the patch, or the hook's error.
+fn write_reply(out: &mut Vec<u8>, id: u64, result: &HookResult) -> io::Result<()> {
+    match result {
+        HookResult::Patch(patch) => encode_frame(
+            out,
+            &Reply {
+                id,
+                object: Some(patch),
+                error: None,
+            },
+        ),
+        HookResult::Error(text) => reply_error(out, id, text),
+    }
 }
 
 fn reply_error(out: &mut Vec<u8>, id: u64, text: &str) -> io::Result<()> {

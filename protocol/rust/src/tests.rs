@@ -12,8 +12,11 @@ use super::*;
 #[serde(untagged)]
 enum V {
     Nil(()),
+    Bool(bool),
     I(i64),
+    U(u64),
     F(f64),
+    F32(f32),
     S(String),
     B(#[serde(with = "serde_bytes")] Vec<u8>),
     A(Vec<V>),
@@ -534,4 +537,540 @@ fn pipelined_requests_in_one_read_are_answered_with_one_write() {
         n += 1;
     }
     assert_eq!(n, 101);
+}
+
+// ---- The hand-written decoder (src/decode.rs) against serde ----
+
+/// The MessagePack body of `msg` (no length prefix).
+fn body_of(msg: &V) -> Vec<u8> {
+    let mut buf = Vec::new();
+    rmp_serde::encode::write_named(&mut buf, msg).unwrap();
+    buf
+}
+
+/// Decode `body` both ways. The fast path may decline (`None`), but when it answers, it must agree
+/// with serde exactly, and serde must accept the frame.
+fn fast_and_serde(body: &[u8]) -> (Option<Incoming>, Result<Incoming, rmp_serde::decode::Error>) {
+    let mut fast = Incoming::default();
+    let fast = decode::incoming_into(body, &mut fast).map(|()| fast);
+    let slow = rmp_serde::from_slice::<Incoming>(body);
+    if let Some(f) = &fast {
+        match &slow {
+            Ok(s) => assert_eq!(f, s, "fast and serde decodes differ"),
+            Err(e) => panic!("fast path accepted a frame serde refuses ({e}): {f:?}"),
+        }
+    }
+    (fast, slow)
+}
+
+/// The fast path must take `body` (the shape the gateway sends) and agree with serde.
+fn assert_fast(body: &[u8]) -> Incoming {
+    let (fast, _) = fast_and_serde(body);
+    fast.expect("the fast path should take this frame")
+}
+
+/// Decode one frame through `serve_io` with the add_header plugin: the replies (maybe none).
+fn serve_one(body: &[u8]) -> Vec<Out> {
+    let mut input = (body.len() as u32).to_be_bytes().to_vec();
+    input.extend_from_slice(body);
+    run(input, &ServeOptions::new("t"), &add_header_plugin).0
+}
+
+fn typical_dispatch() -> V {
+    let request = m(&[
+        (
+            "headers",
+            m(&[
+                ("User-Agent", s("curl/7.88.1")),
+                ("Accept", s("*/*")),
+                ("Host", s("localhost:19501")),
+            ]),
+        ),
+        ("set_headers", m(&[])),
+        ("delete_headers", V::A(vec![])),
+        ("body", s("")),
+        ("url", s("/hook/")),
+        ("params", m(&[])),
+        ("add_params", m(&[])),
+        ("extended_params", m(&[])),
+        ("delete_params", V::A(vec![])),
+        (
+            "return_overrides",
+            m(&[
+                ("response_code", V::I(-1)),
+                ("response_error", s("")),
+                ("headers", m(&[])),
+                ("override_error", V::Bool(false)),
+                ("response_body", s("")),
+            ]),
+        ),
+        ("method", s("GET")),
+        ("request_uri", s("/hook/")),
+        ("scheme", s("http")),
+        ("raw_body", V::B(vec![])),
+    ]);
+    m(&[
+        ("type", s("dispatch")),
+        ("id", V::I(1)),
+        (
+            "object",
+            m(&[
+                ("hook_type", s("Pre")),
+                ("hook_name", s("AddHeader")),
+                ("request", request),
+                ("metadata", m(&[])),
+                (
+                    "spec",
+                    m(&[
+                        ("OrgID", s("b")),
+                        ("APIID", s("hook")),
+                        ("bundle_hash", s("d41d8cd98f00b204e9800998ecf8427e")),
+                    ]),
+                ),
+            ]),
+        ),
+    ])
+}
+
+/// A post hook's dispatch: session, response, body file, non-ASCII text, lists, every field set.
+fn full_dispatch() -> V {
+    let request = m(&[
+        ("headers", m(&[("X-Name", s("Zoë ✓")), ("Host", s("h"))])),
+        ("set_headers", m(&[("A", s("1"))])),
+        ("delete_headers", V::A(vec![s("X-Old"), s("X-Older")])),
+        ("body", s("héllo")),
+        ("url", s("/x?a=1")),
+        ("params", m(&[("a", s("1"))])),
+        ("add_params", m(&[("b", s("2"))])),
+        ("extended_params", m(&[("c", s("3"))])),
+        ("delete_params", V::A(vec![s("d")])),
+        (
+            "return_overrides",
+            m(&[
+                ("response_code", V::I(200)),
+                ("response_error", s("e")),
+                ("headers", m(&[("H", s("v"))])),
+                ("override_error", V::Bool(true)),
+                ("response_body", s("b")),
+            ]),
+        ),
+        ("method", s("POST")),
+        ("request_uri", s("/x?a=1")),
+        ("scheme", s("https")),
+        ("raw_body", V::B(vec![0, 159, 146, 150])),
+        (
+            "raw_body_file",
+            m(&[("path", s("/tmp/body")), ("len", V::F(42.0))]),
+        ),
+    ]);
+    m(&[
+        ("type", s("dispatch")),
+        ("id", V::I(77)),
+        (
+            "object",
+            m(&[
+                ("hook_type", s("Response")),
+                ("hook_name", s("Full")),
+                ("request", request),
+                (
+                    "session",
+                    m(&[
+                        ("rate", V::F(10.5)),
+                        ("quota_max", V::F(5.0)),
+                        ("metadata", m(&[("token", s("abc"))])),
+                        ("tags", V::A(vec![s("t")])),
+                    ]),
+                ),
+                ("metadata", m(&[("token", s("abc"))])),
+                ("spec", m(&[("APIID", s("api"))])),
+                (
+                    "response",
+                    m(&[
+                        ("status_code", V::F(201.0)),
+                        ("raw_body", V::B(b"ok".to_vec())),
+                        ("headers", m(&[("Set-Cookie", s("a=1"))])),
+                        (
+                            "multivalue_headers",
+                            V::A(vec![m(&[
+                                ("key", s("Set-Cookie")),
+                                ("values", V::A(vec![s("a=1"), s("b=2")])),
+                            ])]),
+                        ),
+                    ]),
+                ),
+            ]),
+        ),
+    ])
+}
+
+#[test]
+fn fast_decoder_reads_the_typical_gateway_frame_like_serde() {
+    let body = body_of(&typical_dispatch());
+    let msg = assert_fast(&body);
+    assert_eq!(msg.kind, "dispatch");
+    assert_eq!(msg.id, Some(1));
+    let o = msg.object.unwrap();
+    assert_eq!(o.hook_type, HookType::Pre);
+    assert_eq!(o.hook_name, "AddHeader");
+    assert_eq!(o.request.headers["Host"], "localhost:19501");
+    assert_eq!(o.request.return_overrides.response_code, -1);
+    assert_eq!(o.spec["bundle_hash"], "d41d8cd98f00b204e9800998ecf8427e");
+    assert!(o.session.is_none() && o.response.is_none());
+}
+
+#[test]
+fn fast_decoder_reads_every_field_session_and_response_like_serde() {
+    let msg = assert_fast(&body_of(&full_dispatch()));
+    let o = msg.object.unwrap();
+    assert_eq!(o.hook_type, HookType::Response);
+    assert_eq!(o.request.headers["X-Name"], "Zoë ✓");
+    assert_eq!(o.request.body, "héllo");
+    assert_eq!(o.request.delete_headers, vec!["X-Old", "X-Older"]);
+    assert_eq!(o.request.raw_body, vec![0, 159, 146, 150]);
+    assert_eq!(o.request.raw_body_file.as_ref().unwrap().len, 42);
+    assert!(o.request.return_overrides.override_error);
+    assert_eq!(o.session.as_ref().unwrap().quota_max, 5);
+    assert_eq!(o.response.as_ref().unwrap().status_code, 201);
+    assert_eq!(
+        o.response.as_ref().unwrap().multivalue_headers[0]
+            .values
+            .len(),
+        2
+    );
+}
+
+#[test]
+fn fast_decoder_handles_hello_event_and_load_bundle_messages() {
+    let msg = assert_fast(&body_of(&hello()));
+    assert_eq!(
+        (msg.kind.as_str(), msg.max_frame_bytes),
+        ("hello", Some(1 << 20))
+    );
+    let msg = assert_fast(&body_of(&m(&[
+        ("type", s("event")),
+        ("payload", s("{}")),
+        ("id", V::Nil(())),
+    ])));
+    assert_eq!((msg.payload.as_deref(), msg.id), (Some("{}"), None));
+    let msg = assert_fast(&body_of(&m(&[
+        ("type", s("load_bundle")),
+        ("id", V::I(3)),
+        ("api_id", s("a")),
+        ("bundle_hash", s("h")),
+        ("path", s("/p")),
+        ("manifest", m(&[("file_list", V::A(vec![s("x")]))])),
+    ])));
+    assert_eq!(
+        (msg.api_id, msg.bundle_hash, msg.path),
+        ("a".into(), "h".into(), "/p".into())
+    );
+}
+
+#[test]
+fn fast_decoder_defaults_missing_fields_and_skips_unknown_ones_of_every_type() {
+    let unknown = V::A(vec![
+        V::Nil(()),
+        V::Bool(true),
+        V::I(-5),
+        V::I(1 << 40),
+        V::U(u64::MAX),
+        V::F(1.5),
+        V::F32(2.5),
+        s("text"),
+        V::B(vec![1, 2, 3]),
+        m(&[("nested", V::A(vec![m(&[])]))]),
+    ]);
+    let body = body_of(&m(&[
+        ("type", s("dispatch")),
+        ("future", unknown.clone()),
+        ("id", V::I(9)),
+        (
+            "object",
+            m(&[
+                ("extra", unknown.clone()),
+                ("hook_name", s("H")),
+                (
+                    "request",
+                    m(&[
+                        ("extra", unknown.clone()),
+                        ("return_overrides", m(&[("extra", unknown)])),
+                    ]),
+                ),
+            ]),
+        ),
+    ]));
+    let o = assert_fast(&body).object.unwrap();
+    assert_eq!(o.hook_type, HookType::Unknown);
+    assert_eq!(o.hook_name, "H");
+    assert_eq!(
+        o.request.return_overrides.response_code, -1,
+        "missing = default"
+    );
+    assert!(o.request.headers.is_empty());
+}
+
+#[test]
+fn ext_values_in_unknown_fields_are_treated_like_serde_does() {
+    // {"type": "dispatch", "x": <ext>, "id": 2} for fixext4 and ext8.
+    for ext in [vec![0xd6, 0x05, 1, 2, 3, 4], vec![0xc7, 0x02, 0x05, 9, 9]] {
+        let mut body = vec![0x83];
+        rmp::encode::write_str(&mut body, "type").unwrap();
+        rmp::encode::write_str(&mut body, "dispatch").unwrap();
+        rmp::encode::write_str(&mut body, "x").unwrap();
+        body.extend(&ext);
+        rmp::encode::write_str(&mut body, "id").unwrap();
+        body.push(0x02);
+        let (_, slow) = fast_and_serde(&body);
+        assert_eq!(slow.unwrap().id, Some(2));
+    }
+}
+
+#[test]
+fn fast_decoder_applies_the_lenient_number_rule() {
+    let with_code = |code: V| {
+        body_of(&m(&[
+            ("type", s("dispatch")),
+            ("id", V::I(1)),
+            (
+                "object",
+                m(&[(
+                    "request",
+                    m(&[("return_overrides", m(&[("response_code", code)]))]),
+                )]),
+            ),
+        ]))
+    };
+    let code = |msg: Incoming| msg.object.unwrap().request.return_overrides.response_code;
+    assert_eq!(code(assert_fast(&with_code(V::F(-1.0)))), -1);
+    assert_eq!(code(assert_fast(&with_code(V::F32(404.0)))), 404);
+    assert_eq!(code(assert_fast(&with_code(V::Nil(())))), 0);
+    assert_eq!(
+        code(assert_fast(&with_code(V::I(i32::MIN.into())))),
+        i32::MIN
+    );
+    // Out of range and fractional numbers are refused (by serde, with its wording).
+    for bad in [V::F(1.5), V::I(1 << 40), V::F(f64::NAN), V::U(u64::MAX)] {
+        let (fast, slow) = fast_and_serde(&with_code(bad));
+        assert!(fast.is_none());
+        assert!(slow.is_err());
+    }
+    let replies = serve_one(&with_code(V::F(1.5)));
+    assert!(
+        replies[0].error.as_deref().unwrap().contains("1.5"),
+        "{:?}",
+        replies[0].error
+    );
+}
+
+#[test]
+fn odd_but_valid_shapes_fall_back_to_serde_and_still_work() {
+    // A string sent as bin, raw_body sent as str or as an array of numbers, an unknown hook type:
+    // serde accepts these today, so the SDK must keep accepting them.
+    let body = body_of(&m(&[
+        ("type", s("dispatch")),
+        ("id", V::I(4)),
+        (
+            "object",
+            m(&[
+                ("hook_type", s("Teleport")),
+                ("hook_name", V::B(b"AddHeader".to_vec())),
+                (
+                    "request",
+                    m(&[("method", s("PUT")), ("raw_body", s("text body"))]),
+                ),
+            ]),
+        ),
+    ]));
+    let (fast, slow) = fast_and_serde(&body);
+    assert!(fast.is_none(), "bin for a string is left to serde");
+    let o = slow.unwrap().object.unwrap();
+    assert_eq!(o.hook_name, "AddHeader");
+    assert_eq!(o.hook_type, HookType::Unknown);
+    assert_eq!(o.request.raw_body, b"text body");
+    let replies = serve_one(&body);
+    assert_eq!(replies[0].id, Some(4));
+    let patch = replies[0].object.as_ref().unwrap();
+    assert_eq!(
+        patch
+            .request
+            .as_ref()
+            .unwrap()
+            .set_headers
+            .as_ref()
+            .unwrap()["X-Test"],
+        "PUT"
+    );
+
+    let body = body_of(&m(&[
+        ("type", s("dispatch")),
+        ("id", V::I(5)),
+        (
+            "object",
+            m(&[(
+                "request",
+                m(&[("raw_body", V::A(vec![V::I(104), V::I(105)]))]),
+            )]),
+        ),
+    ]));
+    let (fast, slow) = fast_and_serde(&body);
+    assert!(fast.is_none());
+    assert_eq!(slow.unwrap().object.unwrap().request.raw_body, b"hi");
+
+    // raw_body as a str takes the fast path, as serde_bytes takes str too.
+    let body = body_of(&m(&[(
+        "object",
+        m(&[("request", m(&[("raw_body", s("é"))]))]),
+    )]));
+    assert_eq!(
+        assert_fast(&body).object.unwrap().request.raw_body,
+        "é".as_bytes()
+    );
+}
+
+#[test]
+fn wrong_types_and_duplicates_get_serde_error_replies() {
+    let cases: Vec<(&str, V)> = vec![
+        ("hook_name as a number", m(&[("hook_name", V::I(3))])),
+        (
+            "headers as a list",
+            m(&[("request", m(&[("headers", V::A(vec![]))]))]),
+        ),
+        (
+            "header value as a number",
+            m(&[("request", m(&[("headers", m(&[("A", V::I(1))]))]))]),
+        ),
+        (
+            "override_error as a number",
+            m(&[(
+                "request",
+                m(&[("return_overrides", m(&[("override_error", V::I(1))]))]),
+            )]),
+        ),
+        ("request as a string", m(&[("request", s("x"))])),
+        ("session as a string", m(&[("session", s("x"))])),
+        ("spec as nil", m(&[("spec", V::Nil(()))])),
+    ];
+    for (what, object) in cases {
+        let body = body_of(&m(&[
+            ("type", s("dispatch")),
+            ("id", V::I(21)),
+            ("object", object),
+        ]));
+        let (fast, slow) = fast_and_serde(&body);
+        assert!(fast.is_none() && slow.is_err(), "{what}");
+        let replies = serve_one(&body);
+        assert_eq!(replies.len(), 1, "{what}");
+        assert_eq!(replies[0].id, Some(21), "{what}");
+        assert!(
+            replies[0]
+                .error
+                .as_deref()
+                .unwrap()
+                .contains("could not decode"),
+            "{what}"
+        );
+    }
+    // A duplicate field is a serde error; the fast path must not quietly take the last value.
+    let mut body = vec![0x83];
+    for (k, v) in [("type", "dispatch"), ("type", "dispatch")] {
+        rmp::encode::write_str(&mut body, k).unwrap();
+        rmp::encode::write_str(&mut body, v).unwrap();
+    }
+    rmp::encode::write_str(&mut body, "id").unwrap();
+    rmp::encode::write_uint(&mut body, 22).unwrap();
+    let (fast, slow) = fast_and_serde(&body);
+    assert!(fast.is_none() && slow.is_err());
+    assert!(serve_one(&body)[0]
+        .error
+        .as_deref()
+        .unwrap()
+        .contains("duplicate"));
+}
+
+#[test]
+fn non_utf8_text_gets_a_clean_error_reply_but_is_fine_in_unknown_fields() {
+    let raw_str = |bytes: &[u8]| {
+        let mut v = Vec::new();
+        rmp::encode::write_str_len(&mut v, bytes.len() as u32).unwrap();
+        v.extend_from_slice(bytes);
+        v
+    };
+    // {"type": "dispatch", "id": 31, "object": {"hook_name": <bad>}}, and with <bad> under an
+    // unknown key instead.
+    for (key, wants_error) in [("hook_name", true), ("whatever", false)] {
+        let mut body = vec![0x83];
+        rmp::encode::write_str(&mut body, "type").unwrap();
+        rmp::encode::write_str(&mut body, "dispatch").unwrap();
+        rmp::encode::write_str(&mut body, "id").unwrap();
+        rmp::encode::write_uint(&mut body, 31).unwrap();
+        rmp::encode::write_str(&mut body, "object").unwrap();
+        body.push(0x81);
+        rmp::encode::write_str(&mut body, key).unwrap();
+        body.extend(raw_str(&[0x66, 0xff, 0xfe, 0x80]));
+        let (fast, slow) = fast_and_serde(&body);
+        assert_eq!(slow.is_err(), wants_error, "{key}");
+        assert_eq!(fast.is_none(), wants_error, "{key}");
+        let replies = serve_one(&body);
+        assert_eq!(replies[0].id, Some(31));
+        let decode_error = replies[0]
+            .error
+            .as_deref()
+            .is_some_and(|e| e.contains("could not decode"));
+        assert_eq!(decode_error, wants_error, "{key}: {:?}", replies[0].error);
+    }
+}
+
+#[test]
+fn every_truncation_of_a_dispatch_is_refused_without_a_panic() {
+    for frame in [body_of(&typical_dispatch()), body_of(&full_dispatch())] {
+        for cut in 0..frame.len() {
+            let (fast, slow) = fast_and_serde(&frame[..cut]);
+            assert!(fast.is_none() && slow.is_err(), "cut at {cut}");
+            // The loop survives; a reply, if any, is an error.
+            for reply in serve_one(&frame[..cut]) {
+                assert!(reply.error.is_some(), "cut at {cut}");
+            }
+        }
+    }
+}
+
+#[test]
+fn fast_decoder_agrees_with_serde_on_every_single_byte_corruption() {
+    // Replace each byte with markers that change the shape (nil, bool, fixmap, fixarray, fixstr,
+    // bin8, str8, array16, reserved, negative fixint): the fast path either declines or decodes
+    // exactly what serde decodes (checked inside `fast_and_serde`), and never panics.
+    for frame in [body_of(&typical_dispatch()), body_of(&full_dispatch())] {
+        for at in 0..frame.len() {
+            for b in [
+                0x00, 0x05, 0x7f, 0x80, 0x81, 0x90, 0x91, 0xa0, 0xa3, 0xc0, 0xc1, 0xc2, 0xc4, 0xd9,
+                0xdc, 0xde, 0xff,
+            ] {
+                let mut bad = frame.clone();
+                bad[at] = b;
+                let _ = fast_and_serde(&bad);
+            }
+        }
+    }
+}
+
+#[test]
+fn deeply_nested_unknown_fields_are_left_to_serde_limits() {
+    // 2000 nested arrays under an unknown key: serde refuses (depth limit); so must the SDK.
+    let mut body = vec![0x82];
+    rmp::encode::write_str(&mut body, "type").unwrap();
+    rmp::encode::write_str(&mut body, "dispatch").unwrap();
+    rmp::encode::write_str(&mut body, "deep").unwrap();
+    body.extend(std::iter::repeat_n(0x91, 2000));
+    body.push(0xc0);
+    let (fast, slow) = fast_and_serde(&body);
+    assert!(fast.is_none());
+    assert!(slow.is_err());
+    // Lengths that promise more values than bytes left fail early, without reserving memory.
+    let mut body = vec![0x81];
+    rmp::encode::write_str(&mut body, "object").unwrap();
+    body.push(0x81);
+    rmp::encode::write_str(&mut body, "spec").unwrap();
+    body.extend([0xdf, 0xff, 0xff, 0xff, 0xff]);
+    let (fast, slow) = fast_and_serde(&body);
+    assert!(fast.is_none() && slow.is_err());
 }
