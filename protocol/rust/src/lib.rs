@@ -32,6 +32,7 @@
 #![deny(missing_docs)]
 
 mod decode;
+mod encode;
 mod frame;
 mod lenient;
 mod object;
@@ -270,15 +271,6 @@ struct IdOnly {
 }
 
 #[derive(Serialize)]
-struct Reply<'a> {
-    id: u64,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    object: Option<&'a ObjectPatch>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    error: Option<&'a str>,
-}
-
-#[derive(Serialize)]
 struct HelloReply<'a> {
     #[serde(rename = "type")]
     kind: &'static str,
@@ -369,14 +361,7 @@ fn handle_frame<P: Plugin + ?Sized>(
                 .unwrap_or_else(|p| Err(format!("bundle loader panicked: {}", panic_text(&p))));
             if let Some(id) = msg.id {
                 match result {
-                    Ok(()) => encode_frame(
-                        out,
-                        &Reply {
-                            id,
-                            object: None,
-                            error: None,
-                        },
-                    )?,
+                    Ok(()) => encode::reply(out, id, None, None)?,
                     Err(text) => reply_error(out, id, &text)?,
                 }
             }
@@ -398,27 +383,13 @@ fn handle_frame<P: Plugin + ?Sized>(
 /// Append the reply to a dispatch: the patch, or the hook's error.
 fn write_reply(out: &mut Vec<u8>, id: u64, result: &HookResult) -> io::Result<()> {
     match result {
-        HookResult::Patch(patch) => encode_frame(
-            out,
-            &Reply {
-                id,
-                object: Some(patch),
-                error: None,
-            },
-        ),
+        HookResult::Patch(patch) => encode::reply(out, id, Some(patch), None),
         HookResult::Error(text) => reply_error(out, id, text),
     }
 }
 
 fn reply_error(out: &mut Vec<u8>, id: u64, text: &str) -> io::Result<()> {
-    encode_frame(
-        out,
-        &Reply {
-            id,
-            object: None,
-            error: Some(text),
-        },
-    )
+    encode::reply(out, id, None, Some(text))
 }
 
 fn panic_text(payload: &Box<dyn std::any::Any + Send>) -> String {
