@@ -45,5 +45,9 @@ fn main() {
         eprintln!("hook_loop: {e}");
         std::process::exit(1);
     }
-    println!("{count} frames of {sample:?}, {} reply bytes", output.len());
+    let frame_bytes = common::dispatch_body(sample, 1).len();
+    println!(
+        "{count} frames of {sample:?} ({frame_bytes} bytes each), {} reply bytes",
+        output.len()
+    );
 }
