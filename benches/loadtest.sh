@@ -121,14 +121,14 @@ for name in "${ORDER[@]}"; do
 done
 
 # One wrk run: appends "name rps p50 p99" to $out_file and echoes it with a label.
-measure() { # label out_file name wrk_args...
+measure() { # label out_file name wrk_args... ($r, the round, is recorded with the result)
   local label=$1 out_file=$2 name=$3; shift 3
   local out rps p50 p99
   out=$(wrk -t1 -d"${DURATION}s" --latency "$@" "${URLS[$name]}")
   rps=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
   p50=$(echo "$out" | awk '$1=="50%" {print $2}')
   p99=$(echo "$out" | awk '$1=="99%" {print $2}')
-  echo "$name $rps $p50 $p99" >> "$out_file"
+  echo "$name $rps $p50 $p99 $r" >> "$out_file"
   echo "$label: $name rps=$rps p50=$p50 p99=$p99"
 }
 
@@ -162,9 +162,11 @@ def us(v):
             return float(v[:-len(suf)]) * f
     return float(v)
 rows = {}
+by_round = {}
 for line in open(sys.argv[1]):
-    n, rps, p50, p99 = line.split()
+    n, rps, p50, p99, rnd = line.split()
     rows.setdefault(n, []).append((float(rps), us(p50), us(p99)))
+    by_round.setdefault(rnd, {})[n] = float(rps)
 base = statistics.median(r[0] for r in rows["nginx_proxy_pass"])
 njs = statistics.median(r[0] for r in rows["nginx_njs_hook"])
 print("\n%-22s %10s %9s %9s %10s %10s" % ("target", "rps", "p50 us", "p99 us", "vs nginx", "vs njs"))
@@ -173,14 +175,42 @@ for n, rs in rows.items():
     print("%-22s %10.0f %9.0f %9.0f %9.2fx %9.2fx" % (
         n, rps, statistics.median(r[1] for r in rs), statistics.median(r[2] for r in rs),
         rps / base, rps / njs))
+# The same targets, compared within each round (they ran back to back there), then the median of
+# those per-round ratios. On a shared VM the machine's speed drifts between rounds by more than
+# the differences measured; a paired ratio cancels most of that drift.
+paired = [
+    ("pipegate / nginx_proxy_pass", "pipegate", "nginx_proxy_pass", False),
+    ("rust hook / nginx_njs_hook", "pipegate_rust_hook", "nginx_njs_hook", False),
+    ("python hook / nginx_njs_hook", "pipegate_python_hook", "nginx_njs_hook", False),
+    ("rps lost to the rust pipe hook", "pipegate_rust_hook", "pipegate", True),
+    ("rust pipe hook / grpc hook", "pipegate_rust_hook", "pipegate_grpc_hook", False),
+]
+print("\nper-round ratios (median over %d rounds, then min..max)" % len(by_round))
+for label, a, b, loss in paired:
+    vals = [(1 - x[a] / x[b]) * 100 if loss else x[a] / x[b]
+            for x in by_round.values() if a in x and b in x and x[b] > 0]
+    if not vals:
+        continue
+    fmt = "%.0f%%" if loss else "%.2fx"
+    print("%-32s %8s   (%s..%s)" % (label, fmt % statistics.median(vals), fmt % min(vals), fmt % max(vals)))
 lat = {}
+lat_round = {}
 for line in open(sys.argv[2]):
-    n, rps, p50, p99 = line.split()
+    n, rps, p50, p99, rnd = line.split()
     lat.setdefault(n, []).append((float(rps), us(p50), us(p99)))
+    lat_round.setdefault(rnd, {})[n] = (us(p50), us(p99))
 med = {n: tuple(statistics.median(r[i] for r in rs) for i in range(3)) for n, rs in lat.items()}
 plain = med["pipegate"]
 print("\nmoderate load (%s connections, 1 ms between requests each): added latency per hook" % sys.argv[3])
 print("%-22s %10s %9s %9s %12s %12s" % ("target", "rps", "p50 us", "p99 us", "+p50 us", "+p99 us"))
 for n, (rps, p50, p99) in med.items():
     print("%-22s %10.0f %9.1f %9.1f %12.1f %12.1f" % (n, rps, p50, p99, p50 - plain[1], p99 - plain[2]))
+print("paired per round (median of each round's difference to no plugin):")
+for n in med:
+    if n == "pipegate":
+        continue
+    d50 = [x[n][0] - x["pipegate"][0] for x in lat_round.values() if n in x and "pipegate" in x]
+    d99 = [x[n][1] - x["pipegate"][1] for x in lat_round.values() if n in x and "pipegate" in x]
+    if d50:
+        print("%-22s %32s +%.0f us p50, +%.0f us p99" % (n, "", statistics.median(d50), statistics.median(d99)))
 EOF
