@@ -64,8 +64,8 @@ http { access_log off; js_import hook from $WORK/hook.js; js_set \$hook_header h
     location / { proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection "";
                  proxy_set_header X-Hook \$hook_header; } } }
 EOF
-nginx -c "$WORK/upstream.conf" & PIDS+=($!)
-nginx -c "$WORK/proxy.conf" & PIDS+=($!)
+nginx -c "$WORK/upstream.conf" & PIDS+=($!); UP_PID=$!
+nginx -c "$WORK/proxy.conf" & PIDS+=($!); PX_PID=$!
 
 mkdir -p "$WORK/apps"
 cat > "$WORK/plugin.py" <<'EOF'
@@ -91,7 +91,7 @@ cat > "$WORK/apps/grpchook.json" <<EOF
  "custom_middleware":{"driver":"grpc","pre":[{"name":"MyPreMiddleware"}]}}
 EOF
 GRPC_PORT=$((BASE+9))
-"$GRPC_SERVER" --listen "tcp://127.0.0.1:$GRPC_PORT" > "$WORK/grpc.out" 2>&1 & PIDS+=($!)
+"$GRPC_SERVER" --listen "tcp://127.0.0.1:$GRPC_PORT" > "$WORK/grpc.out" 2>&1 & PIDS+=($!); GRPC_PID=$!
 
 start_gw() { # port pipe_command_json
   local dir="$WORK/gw-$1"; mkdir -p "$dir"; cp -r "$WORK/apps" "$dir/"
@@ -101,10 +101,10 @@ start_gw() { # port pipe_command_json
    "pipe_env":{"PYTHONPATH":"$PWD/protocol/python"},
    "coprocess_grpc_server":"tcp://127.0.0.1:$GRPC_PORT"}}
 EOF
-  "$BIN" --conf "$dir/tyk.conf" 2>"$dir/log" & PIDS+=($!)
+  "$BIN" --conf "$dir/tyk.conf" 2>"$dir/log" & PIDS+=($!); GW_PID=$!
 }
-start_gw $PG "[\"$RUST_PLUGIN\"]"
-start_gw $((PG+1)) "[\"python3\",\"-m\",\"pipegate_plugin\",\"$WORK/plugin.py\"]"
+start_gw $PG "[\"$RUST_PLUGIN\"]"; GW_RUST=$GW_PID
+start_gw $((PG+1)) "[\"python3\",\"-m\",\"pipegate_plugin\",\"$WORK/plugin.py\"]"; GW_PY=$GW_PID
 sleep 2
 
 declare -A URLS=(
@@ -120,15 +120,45 @@ for name in "${ORDER[@]}"; do
   curl -sf -o /dev/null "${URLS[$name]}" || { echo "$name is not answering at ${URLS[$name]}" >&2; exit 1; }
 done
 
-# One wrk run: appends "name rps p50 p99" to $out_file and echoes it with a label.
+# Where each target's CPU goes: "proxy plugin upstream" process lists, read from /proc before and
+# after each run (utime + stime of every thread), reported per request. nginx's work is done by
+# its worker processes, the children of the master started above.
+kids() { pgrep -P "$1" | tr '\n' ' '; }
+declare -A PROXY_PROCS=(
+  [nginx_proxy_pass]="$(kids $PX_PID)" [nginx_njs_hook]="$(kids $PX_PID)"
+  [pipegate]="$GW_RUST" [pipegate_rust_hook]="$GW_RUST"
+  [pipegate_python_hook]="$GW_PY" [pipegate_grpc_hook]="$GW_RUST"
+)
+declare -A PLUGIN_PROCS=(
+  [nginx_proxy_pass]="" [nginx_njs_hook]="" [pipegate]=""
+  [pipegate_rust_hook]="$(kids $GW_RUST)" [pipegate_python_hook]="$(kids $GW_PY)"
+  [pipegate_grpc_hook]="$GRPC_PID"
+)
+UPSTREAM_PROCS="$(kids $UP_PID)"
+ticks() { # pids... -> summed utime+stime in clock ticks
+  local t=0 p
+  for p in "$@"; do
+    [ -r "/proc/$p/stat" ] && t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat")))
+  done
+  echo "$t"
+}
+
+# One wrk run: appends "name rps p50 p99 round proxy_ticks plugin_ticks upstream_ticks requests"
+# to $out_file and echoes it with a label.
 measure() { # label out_file name wrk_args... ($r, the round, is recorded with the result)
   local label=$1 out_file=$2 name=$3; shift 3
-  local out rps p50 p99
+  local out rps p50 p99 reqs
+  # shellcheck disable=SC2086 # the process lists are space-separated pids
+  local a0 b0 c0 a1 b1 c1
+  a0=$(ticks ${PROXY_PROCS[$name]}); b0=$(ticks ${PLUGIN_PROCS[$name]}); c0=$(ticks $UPSTREAM_PROCS)
   out=$(wrk -t1 -d"${DURATION}s" --latency "$@" "${URLS[$name]}")
+  # shellcheck disable=SC2086
+  a1=$(ticks ${PROXY_PROCS[$name]}); b1=$(ticks ${PLUGIN_PROCS[$name]}); c1=$(ticks $UPSTREAM_PROCS)
+  reqs=$(echo "$out" | awk '/requests in/ {print $1}')
   rps=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
   p50=$(echo "$out" | awk '$1=="50%" {print $2}')
   p99=$(echo "$out" | awk '$1=="99%" {print $2}')
-  echo "$name $rps $p50 $p99 $r" >> "$out_file"
+  echo "$name $rps $p50 $p99 $r $((a1 - a0)) $((b1 - b0)) $((c1 - c0)) $reqs" >> "$out_file"
   echo "$label: $name rps=$rps p50=$p50 p99=$p99"
 }
 
@@ -154,7 +184,7 @@ for r in $(seq 1 "$ROUNDS"); do
   done
 done
 
-python3 - "$RESULTS" "$LATENCY" "$LAT_CONNS" <<'EOF'
+python3 - "$RESULTS" "$LATENCY" "$LAT_CONNS" "$(getconf CLK_TCK)" <<'EOF'
 import statistics, sys
 def us(v):
     for suf, f in (("us", 1), ("ms", 1000), ("s", 1e6)):
@@ -163,10 +193,15 @@ def us(v):
     return float(v)
 rows = {}
 by_round = {}
+cpu = {}
+tick_us = 1e6 / float(sys.argv[4])
 for line in open(sys.argv[1]):
-    n, rps, p50, p99, rnd = line.split()
+    n, rps, p50, p99, rnd, proxy, plugin, upstream, reqs = line.split()
     rows.setdefault(n, []).append((float(rps), us(p50), us(p99)))
     by_round.setdefault(rnd, {})[n] = float(rps)
+    c = cpu.setdefault(n, [0, 0, 0, 0])
+    for i, v in enumerate((proxy, plugin, upstream, reqs)):
+        c[i] += int(v)
 base = statistics.median(r[0] for r in rows["nginx_proxy_pass"])
 njs = statistics.median(r[0] for r in rows["nginx_njs_hook"])
 print("\n%-22s %10s %9s %9s %10s %10s" % ("target", "rps", "p50 us", "p99 us", "vs nginx", "vs njs"))
@@ -193,10 +228,17 @@ for label, a, b, loss in paired:
         continue
     fmt = "%.0f%%" if loss else "%.2fx"
     print("%-32s %8s   (%s..%s)" % (label, fmt % statistics.median(vals), fmt % min(vals), fmt % max(vals)))
+# CPU time per request, summed over all rounds: what the proxy, its plugin process and the shared
+# upstream each spent (user + system, clock-tick resolution).
+print("\ncpu per request (all rounds)    proxy us   plugin us  upstream us")
+for n, (proxy, plugin, upstream, reqs) in cpu.items():
+    if reqs:
+        print("%-28s %10.1f %11.1f %12.1f" % (
+            n, proxy * tick_us / reqs, plugin * tick_us / reqs, upstream * tick_us / reqs))
 lat = {}
 lat_round = {}
 for line in open(sys.argv[2]):
-    n, rps, p50, p99, rnd = line.split()
+    n, rps, p50, p99, rnd = line.split()[:5]
     lat.setdefault(n, []).append((float(rps), us(p50), us(p99)))
     lat_round.setdefault(rnd, {})[n] = (us(p50), us(p99))
 med = {n: tuple(statistics.median(r[i] for r in rs) for i in range(3)) for n, rs in lat.items()}
