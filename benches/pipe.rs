@@ -229,12 +229,59 @@ fn bench_pipe(c: &mut Criterion) {
     g.bench_function("decode_object_1k_body", |b| {
         b.iter(|| rmp_serde::from_slice::<Object>(&reply).unwrap())
     });
+    // Whole reply frames as plugins send them, through the gateway's decoder (the hand-written
+    // fast path) and through the serde path it falls back to: a reply setting one header (what
+    // the Rust SDK's demo hook answers), and one carrying a 1 KiB body and a dozen set_headers.
+    let typical = reply_frame(&serde_json::json!(
+        {"id": 7, "object": {"request": {"set_headers": {"X-Pipegate-Rust": "1"}}}}
+    ));
+    let mut big = serde_json::json!({"id": 7, "object": {"request": {"set_headers": {}}}});
+    for i in 0..12 {
+        big["object"]["request"]["set_headers"][format!("X-Plugin-Header-{i}")] =
+            serde_json::Value::String(format!("value-{i}-abcdefghijklmnop"));
+    }
+    let mut big = reply_frame(&big);
+    append_raw_body(&mut big, &[b'x'; 1024]);
+    for (name, frame) in [
+        ("decode_child_reply_set_header", &typical),
+        ("decode_child_reply_1k_body_12_headers", &big),
+    ] {
+        g.bench_function(name, |b| {
+            b.iter(|| pipegate::coprocess::frame::decode_child_message(frame).unwrap())
+        });
+        g.bench_function(format!("{name}_serde"), |b| {
+            b.iter(|| pipegate::coprocess::frame::decode_child_message_serde(frame).unwrap())
+        });
+    }
     // A gRPC reply of the same object: prost decodes, then the one conversion back to `Object`.
     let reply = pb::Object::from(&obj).encode_to_vec();
     g.bench_function("protobuf_decode_object_1k_body", |b| {
         b.iter(|| Object::from(pb::Object::decode(reply.as_slice()).unwrap()))
     });
     g.finish();
+}
+
+/// A reply frame's payload: `v` as MessagePack (maps with str keys, as every plugin SDK writes).
+fn reply_frame(v: &serde_json::Value) -> Vec<u8> {
+    rmp_serde::to_vec(v).expect("encode reply")
+}
+
+/// Adds `raw_body` (a MessagePack bin, as the SDKs send bodies) to the request map of a reply
+/// built by [`reply_frame`] from `{"id", "object": {"request": {...}}}` with keys in that order.
+fn append_raw_body(frame: &mut Vec<u8>, body: &[u8]) {
+    // The request map is the last value; bump its fixmap length and append the entry.
+    let request_key = frame
+        .windows(8)
+        .position(|w| w == b"\xa7request")
+        .expect("request key");
+    let len_at = request_key + 8;
+    assert!(
+        frame[len_at] & 0xf0 == 0x80 && frame[len_at] < 0x8f,
+        "small request map"
+    );
+    frame[len_at] += 1;
+    rmp::encode::write_str(frame, "raw_body").expect("key");
+    rmp::encode::write_bin(frame, body).expect("body");
 }
 
 criterion_group! {

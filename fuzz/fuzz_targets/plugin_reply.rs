@@ -6,10 +6,17 @@
 //! then writes upstream (`proxy::write_request_head`) must parse back as exactly one request with
 //! the framing the gateway chose: a plugin must not be able to split, smuggle or reframe the
 //! upstream request. Response headers a plugin sets must be valid and never hop-by-hop.
+//!
+//! The gateway reads reply frames with a hand-written fast path that declines anything unusual
+//! (`coprocess::frame::decode_plain_reply`) before the serde path: the input, both as a whole
+//! message and as the `object` of a reply, must decode the same both ways.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 use pipegate::config::{self, ApiDefinition};
+use pipegate::coprocess::frame::{
+    decode_child_message, decode_child_message_serde, decode_plain_reply, ChildMessage,
+};
 use pipegate::coprocess::object::{HookType, Object};
 use pipegate::http::{self, headers, BodyKind, RequestHead};
 use pipegate::middleware::chain::{self, LocalResponse, Outcome, RequestState, RequestView};
@@ -34,10 +41,29 @@ fn api() -> &'static Arc<ApiDefinition> {
     })
 }
 
+/// The fast reply decoder, when it answers, and the gateway's decoder agree with serde on `frame`.
+/// Compared with `==`, or failing that as Debug text: a session float may be NaN, which `==`
+/// never equals.
+fn same_as_serde(frame: &[u8]) {
+    let serde = decode_child_message_serde(frame);
+    let same = |got: &Result<ChildMessage, _>| *got == serde || format!("{got:?}") == format!("{serde:?}");
+    let got = decode_child_message(frame);
+    assert!(same(&got), "{frame:02x?}: {got:?} != {serde:?}");
+    if let Some(reply) = decode_plain_reply(frame) {
+        let got = Ok(ChildMessage::Reply(reply));
+        assert!(same(&got), "{frame:02x?}: {got:?} != {serde:?}");
+    }
+}
+
 fuzz_target!(|data: &[u8]| {
     let Some((&sel, rest)) = data.split_first() else {
         return;
     };
+    same_as_serde(rest);
+    // `{"id": 1, "object": <rest>}`: the fuzzed bytes as the reply's object.
+    let mut reply = b"\x82\xa2id\x01\xa6object".to_vec();
+    reply.extend_from_slice(rest);
+    same_as_serde(&reply);
     let Ok(obj) = Object::from_msgpack(rest) else {
         return;
     };

@@ -14,6 +14,7 @@ pub mod grpc;
 pub mod object;
 pub mod pipe;
 pub mod proto;
+mod reply_decode;
 
 use object::Object;
 use std::fmt;
