@@ -250,7 +250,7 @@ impl<'a> Reader<'a> {
                 let v = self.int()?;
                 (0..=i128::from(i64::MAX))
                     .contains(&v)
-                    .then(|| Some(v as u64))
+                    .then_some(Some(v as u64))
             }
         }
     }
@@ -866,7 +866,7 @@ mod tests {
             // Deep nesting inside an unknown field.
             {
                 let mut f = Mp::default().map(2).s("id").uint(3).s("x").0;
-                f.extend(std::iter::repeat(0x91).take(2000));
+                f.extend(std::iter::repeat_n(0x91, 2000));
                 f.push(0xc0);
                 f
             },
