@@ -175,8 +175,9 @@ impl<'a> Reader<'a> {
         if bytes.is_ascii() {
             // SAFETY: ASCII bytes are valid UTF-8. Header names and values, URLs and metadata
             // are nearly always ASCII, and `is_ascii` (a word at a time, inlined) skips the
-            // fixed per-call cost of `from_utf8`: measured with callgrind on the typical reply
-            // (two strings), ~175 -> ~40 instructions. Other text takes the checked path.
+            // fixed per-call cost of `from_utf8` (~87 instructions per string, callgrind on the
+            // typical reply); the whole `str` read, length included, is now ~50. Other text
+            // takes the checked path.
             Some(unsafe { std::str::from_utf8_unchecked(bytes) })
         } else {
             std::str::from_utf8(bytes).ok()
